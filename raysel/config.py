@@ -1,0 +1,103 @@
+"""Typed configuration, one dataclass per stage.
+
+The CLI (`raysel ...`), YAML job files (`jobs/*.py --config run.yaml`) and the
+Python API (`raysel.featurize(FeaturizeConfig(...))`) all build these same
+objects; `raysel/_dataclass_cli.py` turns their fields into flags. Every run
+writes its resolved config next to its output.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from raysel.storage import StorageOptions
+
+
+def _opt(default: Any, help: str, **metadata: Any) -> Any:
+    return field(default=default, metadata={"help": help, **metadata})
+
+
+@dataclass
+class RayConfig:
+    """Where the work runs."""
+
+    address: str | None = _opt(
+        None, "Ray cluster to join ('auto', 'HOST:PORT', 'ray://HOST:PORT'); default: an embedded in-process Ray"
+    )
+    num_cpus: int | None = _opt(None, "CPUs of the embedded Ray (ignored with --address)")
+    num_gpus: int | None = _opt(None, "GPUs of the embedded Ray (ignored with --address)")
+
+
+@dataclass
+class FeaturizeConfig:
+    """`raysel featurize SOURCE --out STORE`: images -> embeddings + knowledge clusters."""
+
+    source: str = _opt("", "Local folder, s3://bucket/prefix, or a manifest (.parquet/.csv with a 'uri' column)", positional=True)
+    out: str = _opt("", "Feature store directory (local or s3://)", required=True)
+    model: str = _opt("vit_small_patch16_224.dino", "timm ViT name (GEAL uses DINO ViT-S/16)")
+    weights: str | None = _opt(None, "Checkpoint to load (local path or s3://), read with weights_only=True")
+    random_init: bool = _opt(False, "Use randomly initialised weights (tests, benchmarks); never the silent default")
+    tau: float = _opt(0.5, "Keep the smallest set of patches holding at least this much class-token attention")
+    clusters: int = _opt(5, "Knowledge clusters K per image")
+    kmeans_iters: int = _opt(100, "Max K-Means iterations per image")
+    kmeans_tol: float = _opt(1e-4, "K-Means stops when no center moves more than this")
+    batch_size: int = _opt(32, "Images per model batch")
+    chunk_size: int = _opt(512, "Images per work chunk: the unit of output shards and of resume")
+    model_actors: int | None = _opt(None, "Model actors (default: one per GPU, else 1)")
+    kmeans_actors: int = _opt(1, "Knowledge-cluster K-Means actors")
+    decode_threads: int = _opt(8, "Concurrent object reads per decode task")
+    max_image_pixels: int = _opt(89_478_485, "Reject larger images (decompression-bomb guard)")
+    seed: int = _opt(0, "Seed for everything random")
+    s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
+    pretext: str | None = _opt(None, "Rotation pretext checkpoint: adds a pretext_loss column (PT4AL)")
+
+    def storage(self) -> StorageOptions:
+        return StorageOptions(s3_endpoint=self.s3_endpoint)
+
+    def validate(self) -> None:
+        if not self.source:
+            raise ValueError("featurize needs a SOURCE (folder, s3://bucket/prefix or manifest)")
+        if not self.out:
+            raise ValueError("featurize needs --out STORE")
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"--tau must be in (0, 1], got {self.tau}")
+        for name in ("clusters", "kmeans_iters", "batch_size", "chunk_size", "kmeans_actors", "decode_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.model_actors is not None and self.model_actors < 1:
+            raise ValueError(f"--model-actors must be >= 1, got {self.model_actors}")
+
+
+@dataclass
+class SelectConfig:
+    """`raysel select STORE --budget B --out SELECTION.parquet`."""
+
+    store: str = _opt("", "Feature store directory (local or s3://)", positional=True)
+    out: str = _opt("", "Selection manifest to write (.parquet)", required=True)
+    budget: int = _opt(0, "Images to select", required=True)
+    method: str = _opt("geal", "Selection method (see `raysel methods`)")
+    sampling: str = _opt("greedy", "geal: 'greedy' (paper, Algorithm 1) or 'prob' (released code's default)")
+    distance: str | None = _opt(None, "'cosine' or 'euclidean' (default: cosine for geal, euclidean for coreset)")
+    labeled: str | None = _opt(None, "Already-labeled images (.parquet/.csv with 'uri'): seed the pool, never re-picked")
+    seed: int = _opt(0, "Seed: first pick without --labeled, prob sampling, random method")
+    shards: int = _opt(1, "Shard actors holding the vectors")
+    dtype: str = _opt("float32", "Shard storage dtype: float32 or float16")
+    candidates: int = _opt(64, "Candidates per pass of the batched exact K-Center-Greedy")
+    checkpoint_every: int = _opt(100, "Checkpoint the selection state every this many picks")
+    s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
+
+    def storage(self) -> StorageOptions:
+        return StorageOptions(s3_endpoint=self.s3_endpoint)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    return asdict(config)
+
+
+def from_dict(cls: type, values: dict[str, Any]) -> Any:
+    """Build `cls` from a dict (e.g. parsed YAML), rejecting unknown keys by name."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} keys {unknown}; valid keys: {sorted(known)}")
+    return cls(**values)
