@@ -116,7 +116,8 @@ def list_files(uri: str, options: StorageOptions | None = None, suffix: str = ""
     """Full URIs of the files directly under directory `uri`, sorted; [] when it does not exist."""
     fs, path = filesystem(uri, options)
     try:
-        names = fs.ls(path, detail=False)
+        entries = fs.ls(path, detail=True)
     except FileNotFoundError:
         return []
+    names = [e["name"] for e in entries if e.get("type") == "file"]
     return sorted(full_uri(fs, name) for name in names if name.endswith(suffix) and ".tmp-" not in name)

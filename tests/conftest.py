@@ -4,6 +4,7 @@ Tiers (markers in pyproject.toml): pure, ray, torch, s3, cluster, gpu.
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
@@ -18,6 +19,8 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.pop("AWS_PROFILE", None)
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 os.environ.setdefault("RAY_DATA_DISABLE_PROGRESS_BARS", "1")
+
+logging.getLogger("werkzeug").setLevel(logging.WARNING)  # moto's per-request lines drown test output
 
 RAY_TEST_CPUS = 4  # logical CPUs of the shared embedded Ray: room for a few actors on 2 cores
 

@@ -1,0 +1,59 @@
+"""Turn config dataclasses into argparse flags, so the CLI and YAML job files build the same objects."""
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from dataclasses import MISSING, fields
+from typing import Any
+
+import yaml
+
+
+def _base_type(annotation: Any) -> Any:
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return args[0]
+    return annotation
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """One flag per dataclass field (`model_actors` -> `--model-actors`); help from field metadata."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        help_text = f.metadata.get("help", "")
+        kind = _base_type(hints[f.name])
+        default = None if f.default is MISSING else f.default
+        if f.metadata.get("positional"):
+            parser.add_argument(f.name, nargs="?", default=default, help=help_text)
+        elif kind is bool:
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true", default=default, help=help_text)
+        else:
+            shown = "" if default in (None, "", 0) else f" (default: {default})"
+            parser.add_argument(
+                "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=default, help=help_text + shown
+            )
+
+
+def build(cls: type, namespace: argparse.Namespace) -> Any:
+    """The dataclass from parsed arguments; fields marked `required` must be set."""
+    values = {f.name: getattr(namespace, f.name) for f in fields(cls) if hasattr(namespace, f.name)}
+    missing = [f.name for f in fields(cls) if f.metadata.get("required") and values.get(f.name) in (None, "", 0)]
+    if missing:
+        raise ValueError("missing required option(s): " + ", ".join("--" + m.replace("_", "-") for m in missing))
+    return cls(**values)
+
+
+def load_yaml_defaults(parser: argparse.ArgumentParser, path: str, classes: tuple[type, ...]) -> None:
+    """Use a YAML file's keys as defaults; flags given on the command line still win."""
+    with open(path) as handle:
+        values = yaml.safe_load(handle) or {}
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: expected a mapping of option names to values")
+    known = {f.name for cls in classes for f in fields(cls)}
+    unknown = sorted(k for k in values if k.replace("-", "_") not in known)
+    if unknown:
+        raise ValueError(f"{path}: unknown keys {unknown}; valid keys: {sorted(known)}")
+    parser.set_defaults(**{k.replace("-", "_"): v for k, v in values.items()})

@@ -1,0 +1,51 @@
+"""The Python API: the same entry points the CLI and the jobs call.
+
+    from raysel.api import featurize, select, FeaturizeConfig, SelectConfig
+    featurize(FeaturizeConfig(source="s3://bucket/images", out="s3://bucket/store"))
+    select(SelectConfig(store="s3://bucket/store", budget=1000, out="selection.parquet"))
+"""
+from __future__ import annotations
+
+import os
+
+import pyarrow as pa
+
+from raysel.config import FeaturizeConfig, RayConfig, SelectConfig
+from raysel.pipeline import FeaturizeSummary
+from raysel.pipeline import featurize as _featurize
+
+__all__ = ["FeaturizeConfig", "SelectConfig", "RayConfig", "featurize", "select", "demo"]
+
+DEMO_MODEL = "test_vit"  # timm's tiny registered ViT: no download, random init
+
+
+def featurize(config: FeaturizeConfig, ray_config: RayConfig | None = None, progress: bool = True) -> FeaturizeSummary:
+    return _featurize(config, ray_config, progress=progress)
+
+
+def select(config: SelectConfig, ray_config: RayConfig | None = None) -> pa.Table:
+    from raysel.runtime import ensure_ray
+    from raysel.select import run_selection
+
+    ensure_ray(ray_config)
+    return run_selection(config)
+
+
+def demo(out: str, images: int = 48, budget: int = 8, num_cpus: int | None = None) -> pa.Table:
+    """Sample pool -> featurize -> select on an embedded Ray, printing where everything went."""
+    from raysel.sample_pool import make_sample_pool
+
+    pool = os.path.join(out, "pool")
+    store = os.path.join(out, "store")
+    selection = os.path.join(out, "selection.parquet")
+    make_sample_pool(pool, count=images)
+    print(f"sample pool: {images} images in {pool}")
+    ray_config = RayConfig(num_cpus=num_cpus)
+    summary = featurize(FeaturizeConfig(source=pool, out=store, model=DEMO_MODEL, random_init=True), ray_config)
+    print(summary.lines())
+    table = select(SelectConfig(store=store, out=selection, budget=budget), ray_config)
+    print(f"selection: {table.num_rows} images -> {selection}")
+    for row in table.to_pylist()[:budget]:
+        score = "first pick" if row["score"] is None else f"{row['score']:.4f}"
+        print(f"  {row['rank']:3d}  {score:>10}  {row['uri']}")
+    return table

@@ -1,0 +1,112 @@
+"""`raysel` command line: thin wrappers over the Python API (raysel.api)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from raysel import _dataclass_cli
+from raysel.config import FeaturizeConfig, RayConfig, SelectConfig
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="raysel", description="Distributed data selection for active learning on images")
+    parser.add_argument("--verbose", "-v", action="store_true", help="Log more")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    featurize = commands.add_parser("featurize", help="Images -> ViT embeddings + knowledge clusters (feature store)")
+    _dataclass_cli.add_arguments(featurize, FeaturizeConfig)
+    _dataclass_cli.add_arguments(featurize, RayConfig)
+    featurize.add_argument("--config", help="YAML file of options (flags win)")
+    featurize.add_argument("--no-progress", action="store_true", help="Hide progress bars")
+
+    select = commands.add_parser("select", help="Pick the images to label from a feature store")
+    _dataclass_cli.add_arguments(select, SelectConfig)
+    _dataclass_cli.add_arguments(select, RayConfig)
+    select.add_argument("--config", help="YAML file of options (flags win)")
+    select.add_argument("--no-progress", action="store_true", help="Hide progress bars")
+
+    commands.add_parser("methods", help="List the registered selection methods")
+
+    demo = commands.add_parser("demo", help="Make a sample pool, featurize it and select from it, all locally")
+    demo.add_argument("--out", default="out/demo", help="Folder for the pool, the store and the selection")
+    demo.add_argument("--images", type=int, default=48, help="Images in the sample pool")
+    demo.add_argument("--budget", type=int, default=8, help="Images to select")
+    demo.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray")
+
+    pool = commands.add_parser("sample-pool", help="Write a small synthetic image pool to a folder")
+    pool.add_argument("out")
+    pool.add_argument("--images", type=int, default=48)
+    pool.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def _apply_yaml(parser: argparse.ArgumentParser, argv: list[str], classes: tuple[type, ...]) -> None:
+    if "--config" in argv:
+        position = argv.index("--config")
+        if position + 1 < len(argv):
+            _dataclass_cli.load_yaml_defaults(parser, argv[position + 1], classes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
+    args, _ = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command in ("featurize", "select"):
+            subparser = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
+            config_cls = FeaturizeConfig if args.command == "featurize" else SelectConfig
+            _apply_yaml(subparser, argv, (config_cls, RayConfig))
+            args = parser.parse_args(argv)
+            ray_config = _dataclass_cli.build(RayConfig, args)
+            config = _dataclass_cli.build(config_cls, args)
+            return _featurize(config, ray_config, args) if args.command == "featurize" else _select(config, ray_config, args)
+        args = parser.parse_args(argv)
+        if args.command == "methods":
+            from raysel.select import list_methods
+
+            print("\n".join(list_methods()))
+            return 0
+        if args.command == "sample-pool":
+            from raysel.sample_pool import make_sample_pool
+
+            paths = make_sample_pool(args.out, count=args.images, seed=args.seed)
+            print(f"wrote {len(paths)} images under {args.out}")
+            return 0
+        if args.command == "demo":
+            from raysel.api import demo
+
+            demo(args.out, images=args.images, budget=args.budget, num_cpus=args.num_cpus)
+            return 0
+    except KeyboardInterrupt:
+        print("raysel: interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError, FileNotFoundError, PermissionError) as exc:
+        print(f"raysel: error: {exc}", file=sys.stderr)
+        return 2
+    parser.error(f"unknown command {args.command}")
+    return 2
+
+
+def _featurize(config: FeaturizeConfig, ray_config: RayConfig, args: argparse.Namespace) -> int:
+    from raysel.pipeline import featurize
+
+    summary = featurize(config, ray_config, progress=not args.no_progress)
+    print(summary.lines())
+    return 0
+
+
+def _select(config: SelectConfig, ray_config: RayConfig, args: argparse.Namespace) -> int:
+    from raysel.runtime import ensure_ray
+    from raysel.select import run_selection
+
+    ensure_ray(ray_config)
+    table = run_selection(config)
+    print(f"selected {table.num_rows} images -> {config.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from image_files import bad_files, bomb_file, encode, good_files, odd_mode_files, rgb_image
+from raysel.images import DecodeBatch, ImageDecodeError, ManifestError, decode_image, list_images, read_manifest
+from raysel.storage import StorageError, StorageOptions
+
+pytestmark = pytest.mark.pure
+LIMIT = 89_478_485
+
+
+def test_decode_resizes_to_square_rgb():
+    pixels = decode_image(encode(rgb_image(size=50), "PNG"), 32, LIMIT)
+    assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
+
+
+@pytest.mark.parametrize("name", sorted(odd_mode_files()))
+def test_decode_handles_odd_modes(name):
+    pixels = decode_image(odd_mode_files()[name], 24, LIMIT)
+    assert pixels.shape == (24, 24, 3)
+
+
+def test_sixteen_bit_is_scaled_not_clipped():
+    pixels = decode_image(odd_mode_files()["mode-16bit.png"], 40, LIMIT)
+    # A ramp from 0 to 58500 must still be a ramp from dark to bright, not all-white.
+    assert pixels[:, :5].mean() < 40 and pixels[:, -5:].mean() > 200
+
+
+def test_alpha_is_composited_on_white():
+    transparent = np.zeros((10, 10, 4), dtype=np.uint8)  # black, fully transparent
+    from PIL import Image
+
+    pixels = decode_image(encode(Image.fromarray(transparent, mode="RGBA"), "PNG"), 10, LIMIT)
+    assert pixels.min() == 255
+
+
+@pytest.mark.parametrize("name", sorted(bad_files()))
+def test_bad_files_raise_with_reason(name):
+    data, word = bad_files()[name]
+    with pytest.raises(ImageDecodeError, match=word):
+        decode_image(data, 16, LIMIT)
+
+
+def test_decompression_bomb_is_refused():
+    with pytest.raises(ImageDecodeError, match="too large"):
+        decode_image(bomb_file(), 16, LIMIT)
+    with pytest.raises(ImageDecodeError, match="too large"):
+        decode_image(encode(rgb_image(size=64), "PNG"), 16, max_pixels=1000)
+
+
+def write_files(folder, files):
+    for name, data in files.items():
+        path = os.path.join(folder, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as handle:
+            handle.write(data)
+
+
+def test_decode_batch_keeps_good_images_next_to_bad_ones(tmp_path):
+    good = good_files(3)
+    bad = {name: data for name, (data, _) in bad_files().items()}
+    write_files(tmp_path, {**good, **bad})
+    uris = sorted(str(tmp_path / name) for name in [*good, *bad]) + [str(tmp_path / "deleted.jpg")]
+    out = DecodeBatch(16, LIMIT, StorageOptions(), threads=4)({"uri": np.array(uris, dtype=object)})
+    errors = dict(zip(out["uri"], out["error"]))
+    assert all(errors[str(tmp_path / n)] == "" for n in good)
+    assert all(errors[str(tmp_path / n)] != "" for n in bad)
+    assert "missing" in errors[str(tmp_path / "deleted.jpg")]
+    assert out["image"].shape == (len(uris), 16, 16, 3)
+
+
+def test_list_local_folder_recursive_sorted_skips_hidden(tmp_path):
+    write_files(tmp_path, {"b/x.png": b"1", "a.jpg": b"2", ".hidden.jpg": b"3", "_SUCCESS": b"", "c/d/e.png": b"4"})
+    assert list_images(str(tmp_path)) == [str(tmp_path / p) for p in ("a.jpg", "b/x.png", "c/d/e.png")]
+
+
+def test_list_missing_or_empty_source(tmp_path):
+    with pytest.raises(StorageError, match="does not exist"):
+        list_images(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(StorageError, match="no files"):
+        list_images(str(tmp_path / "empty"))
+
+
+def test_manifests(tmp_path):
+    pq.write_table(pa.table({"uri": ["/a.jpg", "s3://b/c.png"]}), tmp_path / "m.parquet")
+    assert read_manifest(str(tmp_path / "m.parquet")) == ["/a.jpg", "s3://b/c.png"]
+    (tmp_path / "m.csv").write_text("uri,label\n/a.jpg,1\n/b.jpg,2\n")
+    assert list_images(str(tmp_path / "m.csv")) == ["/a.jpg", "/b.jpg"]
+
+
+@pytest.mark.parametrize(
+    "name, content, problem",
+    [
+        ("nouri.csv", "path\n/a.jpg\n", "no 'uri' column"),
+        ("dup.csv", "uri\n/a.jpg\n/a.jpg\n", "more than once"),
+        ("empty.csv", "uri\n", "empty"),
+        ("blank.csv", 'uri\n/a.jpg\n""\n', "empty 'uri'"),
+        ("scheme.csv", "uri\nhttp://x/a.jpg\n", "unsupported URI"),
+        ("garbage.parquet", "not parquet", "not a readable parquet"),
+        ("missing.csv", None, "does not exist"),
+    ],
+)
+def test_malformed_manifests_name_the_problem(tmp_path, name, content, problem):
+    if content is not None:
+        (tmp_path / name).write_text(content)
+    with pytest.raises(ManifestError, match=problem):
+        read_manifest(str(tmp_path / name))
+
+
+def test_manifest_with_numeric_uri_column(tmp_path):
+    pq.write_table(pa.table({"uri": [1, 2]}), tmp_path / "m.parquet")
+    with pytest.raises(ManifestError, match="strings"):
+        read_manifest(str(tmp_path / "m.parquet"))
