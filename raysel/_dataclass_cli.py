@@ -17,8 +17,13 @@ def _base_type(annotation: Any) -> Any:
     return annotation
 
 
-def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """One flag per dataclass field (`model_actors` -> `--model-actors`); help from field metadata."""
+def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), prefix: str = "") -> None:
+    """One flag per dataclass field (`model_actors` -> `--model-actors`); help from field metadata.
+
+    With a `prefix` such as "select." every field becomes a flag (`--select.model-actors`, positional
+    ones too) stored under `select.model_actors`, so several dataclasses sharing field names (seed,
+    s3_endpoint) fit in one parser, as in `jobs/run_selection_job.py`.
+    """
     hints = typing.get_type_hints(cls)
     for f in fields(cls):
         if f.name in skip:
@@ -26,23 +31,22 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         help_text = f.metadata.get("help", "")
         kind = _base_type(hints[f.name])
         default = None if f.default is MISSING else f.default
-        if f.metadata.get("positional"):
+        flag, dest = "--" + prefix + f.name.replace("_", "-"), prefix + f.name
+        if f.metadata.get("positional") and not prefix:
             parser.add_argument(f.name, nargs="?", default=default, help=help_text)
         elif kind is bool:
-            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, action="store_true", default=default, help=help_text)
+            parser.add_argument(flag, dest=dest, action="store_true", default=default, help=help_text)
         else:
             shown = "" if default in (None, "", 0) else f" (default: {default})"
-            parser.add_argument(
-                "--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=default, help=help_text + shown
-            )
+            parser.add_argument(flag, dest=dest, type=kind, default=default, help=help_text + shown)
 
 
-def build(cls: type, namespace: argparse.Namespace) -> Any:
+def build(cls: type, namespace: argparse.Namespace, prefix: str = "") -> Any:
     """The dataclass from parsed arguments; fields marked `required` must be set."""
-    values = {f.name: getattr(namespace, f.name) for f in fields(cls) if hasattr(namespace, f.name)}
+    values = {f.name: getattr(namespace, prefix + f.name) for f in fields(cls) if hasattr(namespace, prefix + f.name)}
     missing = [f.name for f in fields(cls) if f.metadata.get("required") and values.get(f.name) in (None, "", 0)]
     if missing:
-        raise ValueError("missing required option(s): " + ", ".join("--" + m.replace("_", "-") for m in missing))
+        raise ValueError("missing required option(s): " + ", ".join("--" + prefix + m.replace("_", "-") for m in missing))
     return cls(**values)
 
 

@@ -7,7 +7,7 @@ import os
 import sys
 
 from raysel import _dataclass_cli
-from raysel.config import FeaturizeConfig, RayConfig, SelectConfig
+from raysel.config import FeaturizeConfig, PretextConfig, RayConfig, SelectConfig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +26,13 @@ def _parser() -> argparse.ArgumentParser:
     _dataclass_cli.add_arguments(select, RayConfig)
     select.add_argument("--config", help="YAML file of options (flags win)")
     select.add_argument("--no-progress", action="store_true", help="Hide progress bars")
+
+    pretext = commands.add_parser("pretext", help="PT4AL: the rotation model whose losses `featurize --pretext` stores")
+    pretext_commands = pretext.add_subparsers(dest="pretext_command", required=True)
+    pretext_train = pretext_commands.add_parser("train", help="Train a rotation-prediction model on an image pool (Ray Train)")
+    _dataclass_cli.add_arguments(pretext_train, PretextConfig)
+    _dataclass_cli.add_arguments(pretext_train, RayConfig)
+    pretext_train.add_argument("--config", help="YAML file of options (flags win)")
 
     commands.add_parser("methods", help="List the registered selection methods")
 
@@ -63,6 +70,11 @@ def main(argv: list[str] | None = None) -> int:
             ray_config = _dataclass_cli.build(RayConfig, args)
             config = _dataclass_cli.build(config_cls, args)
             return _featurize(config, ray_config, args) if args.command == "featurize" else _select(config, ray_config, args)
+        if args.command == "pretext":
+            pretext = parser._subparsers._group_actions[0].choices["pretext"]  # noqa: SLF001
+            _apply_yaml(pretext._subparsers._group_actions[0].choices["train"], argv, (PretextConfig, RayConfig))  # noqa: SLF001
+            args = parser.parse_args(argv)
+            return _pretext_train(_dataclass_cli.build(PretextConfig, args), _dataclass_cli.build(RayConfig, args))
         args = parser.parse_args(argv)
         if args.command == "methods":
             from raysel.select import list_methods
@@ -94,6 +106,14 @@ def _featurize(config: FeaturizeConfig, ray_config: RayConfig, args: argparse.Na
     from raysel.pipeline import featurize
 
     summary = featurize(config, ray_config, progress=not args.no_progress)
+    print(summary.lines())
+    return 0
+
+
+def _pretext_train(config: PretextConfig, ray_config: RayConfig) -> int:
+    from raysel.pretext.training import train_pretext
+
+    summary = train_pretext(config, ray_config)
     print(summary.lines())
     return 0
 

@@ -90,6 +90,64 @@ class SelectConfig:
         return StorageOptions(s3_endpoint=self.s3_endpoint)
 
 
+@dataclass
+class PretextConfig:
+    """`raysel pretext train SOURCE --out MODEL`: PT4AL's rotation-prediction model, trained with Ray Train.
+
+    Defaults are the paper's (ResNet-18, 15 epochs, batch 256, SGD lr 0.1, momentum 0.9,
+    weight decay 5e-4, no augmentation). The trained model scores images in
+    `raysel featurize --pretext MODEL` (the store's `pretext_loss` column).
+    """
+
+    source: str = _opt("", "Local folder, s3://bucket/prefix, or a manifest (.parquet/.csv with a 'uri' column)", positional=True)
+    out: str = _opt("", "Trained model file to write (local or s3://)", required=True)
+    model: str = _opt("resnet18", "timm model name (PT4AL: ResNet-18); a ViT's backbone also loads in `featurize --weights`")
+    pretrained: bool = _opt(False, "Start from the timm hub's pretrained weights (PT4AL trains from scratch)")
+    image_size: int | None = _opt(None, "Square input size for training and scoring (default: the model's own)")
+    epochs: int = _opt(15, "Training epochs (PT4AL: 15)")
+    batch_size: int = _opt(256, "Images per step over all workers, each seen in its 4 rotations (PT4AL: 256)")
+    lr: float = _opt(0.1, "SGD learning rate (PT4AL: 0.1)")
+    momentum: float = _opt(0.9, "SGD momentum (PT4AL: 0.9)")
+    weight_decay: float = _opt(5e-4, "SGD weight decay (PT4AL: 5e-4)")
+    schedule: str = _opt("constant", "Learning-rate schedule: 'constant' (PT4AL over 15 epochs) or 'cosine'")
+    num_workers: int | None = _opt(None, "Ray Train workers, data-parallel (default: one per GPU, else 1)")
+    cpu: bool = _opt(False, "Train on CPUs even when the cluster has GPUs")
+    cpus_per_worker: int = _opt(1, "CPUs (and torch threads) per training worker")
+    shuffle_buffer: int = _opt(1024, "Rows in each worker's local shuffle buffer (0: no shuffling)")
+    checkpoint_dir: str | None = _opt(None, "Epoch checkpoints (default: OUT.checkpoints); a rerun resumes from the last")
+    keep_checkpoints: int = _opt(2, "Epoch checkpoints kept (the newest)")
+    max_failures: int = _opt(0, "Worker failures Ray Train recovers from (from the last checkpoint) before giving up")
+    decode_threads: int = _opt(8, "Concurrent object reads per decode task")
+    max_image_pixels: int = _opt(89_478_485, "Reject larger images (decompression-bomb guard)")
+    seed: int = _opt(0, "Seed for the init, the data order and the shuffles")
+    s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
+
+    def storage(self) -> StorageOptions:
+        return StorageOptions(s3_endpoint=self.s3_endpoint)
+
+    def checkpoints(self) -> str:
+        return self.checkpoint_dir or self.out.rstrip("/") + ".checkpoints"
+
+    def validate(self) -> None:
+        if not self.source:
+            raise ValueError("pretext train needs a SOURCE (folder, s3://bucket/prefix or manifest)")
+        if not self.out:
+            raise ValueError("pretext train needs --out MODEL (a file path or s3:// URI)")
+        for name in ("epochs", "batch_size", "cpus_per_worker", "keep_checkpoints", "decode_threads"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers is not None and not 1 <= self.num_workers <= self.batch_size:
+            raise ValueError(f"--num-workers must be in [1, --batch-size={self.batch_size}], got {self.num_workers}")
+        if self.image_size is not None and self.image_size < 8:
+            raise ValueError(f"--image-size must be >= 8, got {self.image_size}")
+        if self.lr <= 0 or self.momentum < 0 or self.weight_decay < 0:
+            raise ValueError("--lr must be > 0, --momentum and --weight-decay >= 0")
+        if self.schedule not in ("constant", "cosine"):
+            raise ValueError(f"--schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.shuffle_buffer < 0 or self.max_failures < 0:
+            raise ValueError("--shuffle-buffer and --max-failures must be >= 0")
+
+
 def to_dict(config: Any) -> dict[str, Any]:
     return asdict(config)
 

@@ -158,7 +158,8 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
     ]
     gpus = cluster_gpus()
     model_actors = config.model_actors or max(gpus, 1)
-    model_resources = {"num_gpus": 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
+    # With --pretext, a GPU hosts one Featurizer and one PretextScorer actor.
+    model_resources = {"num_gpus": 0.5 if config.pretext else 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
     dataset = (
         ray.data.from_arrow(blocks)
         .map_batches(
@@ -166,7 +167,21 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
             batch_size=config.batch_size,
             num_cpus=0.5,
         )
-        .map_batches(
+    )
+    if config.pretext:  # PT4AL: the rotation loss needs `image`, which the Featurizer drops
+        from raysel.pretext.checkpoints import load_model
+        from raysel.pretext.scorer import PretextScorer
+
+        load_model(config.pretext, config.storage())  # fail here, with the reason, not in an actor
+        dataset = dataset.map_batches(
+            PretextScorer,
+            fn_constructor_kwargs={"model_uri": config.pretext, "storage_options": config.storage()},
+            batch_size=config.batch_size,
+            compute=ActorPoolStrategy(size=model_actors),
+            **model_resources,
+        )
+    dataset = (
+        dataset.map_batches(
             Featurizer,
             fn_constructor_kwargs={
                 "model_name": config.model,

@@ -17,6 +17,9 @@ from conftest import free_port
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 
 
+AWS_CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE")
+
+
 def ray_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["RAY_AUTH_MODE"] = "disabled"  # explicit, whatever ~/.ray/auth_token holds
@@ -25,34 +28,77 @@ def ray_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def without_aws_credentials(env: dict[str, str]) -> dict[str, str]:
+    """`env` with no way to find AWS credentials: no key variables, no files, no instance metadata."""
+    env = {k: v for k, v in env.items() if k not in AWS_CREDENTIAL_VARS}
+    env.update(AWS_EC2_METADATA_DISABLED="true", AWS_SHARED_CREDENTIALS_FILE="/nonexistent/credentials",
+               AWS_CONFIG_FILE="/nonexistent/config")
+    return env
+
+
 class LocalRayCluster:
-    def __init__(self, dashboard: bool = False):
+    """Head and workers on this machine.
+
+    dashboard=True starts the dashboard (and with it the job API `ray job submit` talks to) on
+    `job_address`. aws_credentials=False starts every node without any way to find AWS credentials,
+    so S3 reads in Ray workers only work with credentials a job brings in its runtime_env.
+    """
+
+    def __init__(self, dashboard: bool = False, aws_credentials: bool = True):
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.dashboard_port = free_port() if dashboard else None
         self.dashboard = dashboard
+        self.aws_credentials = aws_credentials
         self.temp_dir = tempfile.mkdtemp(prefix="raysel-ray-", dir="/tmp")
         self.nodes: list[subprocess.Popen] = []
 
+    @property
+    def job_address(self) -> str:
+        assert self.dashboard_port, "start the cluster with dashboard=True to submit jobs"
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def node_env(self) -> dict[str, str]:
+        # This venv first on PATH, as on a node where raysel is installed: a job's `python` is this one.
+        env = ray_env(PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+        return env if self.aws_credentials else without_aws_credentials(env)
+
     def _start(self, args: list[str]) -> subprocess.Popen:
         log = open(os.path.join(self.temp_dir, f"node-{len(self.nodes)}.log"), "wb")
+        # Every node's agent gets its own port: several nodes share this host (the default is fixed).
         process = subprocess.Popen(
-            [RAY, "start", "--block", "--disable-usage-stats", *args],
-            env=ray_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [RAY, "start", "--block", "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}", *args],
+            env=self.node_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.nodes.append(process)
         return process
 
     def start_head(self, num_cpus: int = 2, resources: str | None = None) -> "LocalRayCluster":
         args = ["--head", f"--port={self.port}", f"--num-cpus={num_cpus}", f"--temp-dir={self.temp_dir}",
-                f"--include-dashboard={str(self.dashboard).lower()}"]
+                f"--ray-client-server-port={free_port()}", f"--include-dashboard={str(self.dashboard).lower()}"]
         if self.dashboard:
             args += ["--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}"]
         if resources:
             args.append(f"--resources={resources}")
         self._start(args)
         self.wait_for_nodes(1)
+        if self.dashboard:
+            self.wait_for_job_api()
         return self
+
+    def wait_for_job_api(self, timeout: float = 60) -> None:
+        import urllib.request
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.job_address}/api/version", timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        raise TimeoutError(f"job API not up at {self.job_address} after {timeout} s; logs in {self.temp_dir}")
 
     def add_worker(self, num_cpus: int = 1, resources: str | None = None) -> subprocess.Popen:
         args = [f"--address={self.address}", f"--num-cpus={num_cpus}"]

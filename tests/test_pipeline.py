@@ -122,14 +122,20 @@ def run_cli(args: list[str], timeout: float = 180, **popen) -> subprocess.Comple
                           timeout=timeout, **popen)
 
 
-def test_cli_bad_sources_exit_non_zero_with_clear_errors(tmp_path):
-    result = run_cli(["featurize", str(tmp_path / "missing"), "--out", str(tmp_path / "s"), "--model", "test_vit", "--random-init"])
-    assert result.returncode == 2 and "does not exist" in result.stderr
+def test_cli_bad_sources_exit_non_zero_with_clear_errors(tmp_path, capsys):
+    from raysel.cli import main
+
+    tiny = ["--out", str(tmp_path / "s"), "--model", "test_vit", "--random-init"]
+    assert main(["featurize", str(tmp_path / "missing"), *tiny]) == 2
+    assert "does not exist" in capsys.readouterr().err
     (tmp_path / "bad.csv").write_text("path\n/a.jpg\n")
-    result = run_cli(["featurize", str(tmp_path / "bad.csv"), "--out", str(tmp_path / "s"), "--model", "test_vit", "--random-init"])
-    assert result.returncode == 2 and "no 'uri' column" in result.stderr
-    result = run_cli(["featurize", str(tmp_path), "--out", str(tmp_path / "s"), "--model", "no_such_model_xyz"])
-    assert result.returncode == 2 and "unknown timm model" in result.stderr
+    assert main(["featurize", str(tmp_path / "bad.csv"), *tiny]) == 2
+    assert "no 'uri' column" in capsys.readouterr().err
+    assert main(["featurize", str(tmp_path), "--out", str(tmp_path / "s"), "--model", "no_such_model_xyz"]) == 2
+    assert "unknown timm model" in capsys.readouterr().err
+    assert main(["featurize", str(tmp_path), "--out", str(tmp_path / "s"), "--tau", "1.5"]) == 2
+    assert "--tau" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()  # nothing half-written
 
 
 def test_resume_after_killed_run_finishes_without_redoing_or_duplicating(tmp_path):

@@ -1,0 +1,258 @@
+"""Euclidean K-Means for knowledge clusters: one image at a time, or a whole batch at once.
+
+GEAL runs K-Means on the kept patch features of every image (K = 5, at most 100
+iterations, tolerance 1e-4). The released code loops over images in Python;
+`batched_kmeans` runs Lloyd's algorithm on every image of a batch together
+(padded to one patch count, with a mask) and stops each image on its own, so it
+returns what `kmeans_single` returns image by image.
+
+Both follow one definition:
+
+- init: the image's first point, then farthest-point (maximin) seeding: each
+  next center is the point farthest from the centers chosen so far (ties: the
+  lowest point index). Deterministic, and it depends on the image's own points
+  only, so a result never depends on which other images share the batch.
+- step: assign each point to its nearest center (ties: the lowest center
+  index), then move each center to the mean of its points. A center left with
+  no points keeps its previous position.
+- stop: after the first step in which no center moved more than `tol`
+  (Euclidean distance), or after `max_iters` steps.
+- fewer than K points (n < K): each point is its own cluster, and the K rows
+  repeat the points cyclically (p0, p1, ..., p[n-1], p0, ...). Duplicate centers
+  change nothing for K-Center-Greedy, which takes a min over the pool's clusters
+  and a max over an image's clusters.
+- no points at all: K zero rows.
+
+Points are converted to float32 (float16 features are averaged in float32).
+Everything is plain torch and runs on whatever device the points live on.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def kmeans_single(points: torch.Tensor, k: int, max_iters: int = 100, tol: float = 1e-4) -> torch.Tensor:
+    """K-Means on one image's points, written plainly: the reference for `batched_kmeans`.
+
+    Args:
+        points: [n, D] the image's kept patch features (any float dtype).
+        k: number of clusters K.
+        max_iters: most Lloyd steps.
+        tol: stop once no center moves more than this.
+
+    Returns:
+        [K, D] float32 centers.
+    """
+    _check_kmeans_args(k, max_iters, tol)
+    if points.ndim != 2:
+        raise ValueError(f"points must be [n, D], got shape {tuple(points.shape)}")
+    points = points.float()
+    n, dim = points.shape
+    if n == 0:
+        return points.new_zeros(k, dim)
+    if n < k:
+        return points[torch.arange(k, device=points.device) % n].clone()
+
+    point_sq_norms = _squared_norms(points)
+
+    def squared_distances(centers: torch.Tensor) -> torch.Tensor:  # [n, K]
+        return (point_sq_norms[:, None] - 2 * points @ centers.T + centers.square().sum(1)[None, :]).clamp_min(0)
+
+    chosen = [0]
+    min_distance = squared_distances(points[:1])[:, 0]
+    for _ in range(1, k):
+        farthest = int(min_distance.argmax())
+        chosen.append(farthest)
+        min_distance = torch.minimum(min_distance, squared_distances(points[farthest : farthest + 1])[:, 0])
+    centers = points[chosen]
+
+    for _ in range(max_iters):
+        assignment = squared_distances(centers).argmin(1)
+        membership = F.one_hot(assignment, k).to(points.dtype)  # [n, K]
+        sizes = membership.sum(0)
+        means = (membership.T @ points) / sizes.clamp_min(1)[:, None]
+        new_centers = torch.where(sizes[:, None] > 0, means, centers)
+        shift = (new_centers - centers).norm(dim=1).max()
+        centers = new_centers
+        if shift <= tol:
+            break
+    return centers
+
+
+def batched_kmeans(
+    points: torch.Tensor,
+    mask: torch.Tensor,
+    k: int,
+    max_iters: int = 100,
+    tol: float = 1e-4,
+    group_size: int | None = None,
+) -> torch.Tensor:
+    """K-Means on every image of a batch at once; image by image equal to `kmeans_single`.
+
+    Args:
+        points: [B, P, D] patch features of B images (any float dtype); rows where
+            `mask` is False are padding and are never read as points.
+        mask: [B, P] bool, True for the points of each image. Kept points need not
+            come first; their order within an image is what the init sees.
+        k: number of clusters K.
+        max_iters: most Lloyd steps per image.
+        tol: an image stops once none of its centers moves more than this.
+        group_size: run K-Means on groups of this many images, sorted by point
+            count so that each group pads little. The result is the same; only
+            speed changes. Small groups (about 64) suit CPUs, whose caches then
+            hold a group's points; None runs the whole batch as one group (GPUs).
+
+    Returns:
+        [B, K, D] float32 centers, in the order of the input images.
+    """
+    _check_kmeans_args(k, max_iters, tol)
+    if points.ndim != 3 or mask.shape != points.shape[:2]:
+        raise ValueError(f"points must be [B, P, D] and mask [B, P]; got {tuple(points.shape)} and {tuple(mask.shape)}")
+    mask = mask.to(device=points.device, dtype=torch.bool)
+    if group_size is not None:
+        if group_size < 1:
+            raise ValueError(f"group_size must be >= 1 or None, got {group_size}")
+        if group_size < points.shape[0]:
+            return _grouped_kmeans(points, mask, k, max_iters, tol, group_size)
+    return _kmeans_one_group(points, mask, k, max_iters, tol)
+
+
+def _grouped_kmeans(
+    points: torch.Tensor, mask: torch.Tensor, k: int, max_iters: int, tol: float, group_size: int
+) -> torch.Tensor:
+    num_patches = points.shape[1]
+    by_count = torch.argsort(mask.sum(1), stable=True)
+    # 1 + the position of each image's last point: a group copies only the patch columns it uses.
+    extent = (mask * torch.arange(1, num_patches + 1, device=mask.device)).amax(1)
+    centers = torch.empty(points.shape[0], k, points.shape[2], dtype=torch.float32, device=points.device)
+    for start in range(0, len(by_count), group_size):
+        images = by_count[start : start + group_size]
+        columns = torch.arange(max(int(extent[images].max()), 1), device=points.device)
+        group_points = points[images[:, None], columns[None, :]]
+        centers[images] = _kmeans_one_group(group_points, mask[images[:, None], columns[None, :]], k, max_iters, tol)
+    return centers
+
+
+def _kmeans_one_group(points: torch.Tensor, mask: torch.Tensor, k: int, max_iters: int, tol: float) -> torch.Tensor:
+    num_images, _, dim = points.shape
+    counts = mask.sum(1)
+    centers = torch.zeros(num_images, k, dim, dtype=torch.float32, device=points.device)
+    if num_images == 0 or int(counts.max()) == 0:
+        return centers
+
+    packed, packed_mask = _pack_points(points, mask, counts)
+
+    few = counts < k
+    if few.any():
+        # Each point is its own cluster; repeat them cyclically to fill K rows.
+        repeat_index = torch.arange(k, device=points.device)[None, :] % counts[few].clamp_min(1)[:, None]
+        repeated = torch.gather(packed[few], 1, repeat_index[..., None].expand(-1, -1, dim))
+        centers[few] = repeated * (counts[few] > 0)[:, None, None]
+        many = ~few
+        if many.any():
+            centers[many] = _lloyd(packed[many], packed_mask[many], k, max_iters, tol)
+    else:
+        centers = _lloyd(packed, packed_mask, k, max_iters, tol)  # the common case: no subset copy
+    return centers
+
+
+def _check_kmeans_args(k: int, max_iters: int, tol: float) -> None:
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if max_iters < 1:
+        raise ValueError(f"max_iters must be >= 1, got {max_iters}")
+    if tol < 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+
+
+def _pack_points(points: torch.Tensor, mask: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's points moved to the front in their given order, trimmed to the largest count.
+
+    Returns a fresh [B, W, D] float32 tensor (W = max count) with zeroed padding,
+    so that whatever the padding held (NaN included) cannot leak into a sum, and
+    its [B, W] mask. Points that come packed already (the featurizer's layout)
+    cost one copy; others a row gather first.
+    """
+    num_images, num_patches, dim = points.shape
+    width = int(counts.max())
+    packed_mask = torch.arange(width, device=points.device)[None, :] < counts[:, None]
+    if bool((mask[:, :width] == packed_mask).all()) and not bool(mask[:, width:].any()):
+        packed = points[:, :width].to(torch.float32, copy=True)
+    else:
+        # A stable sort on "is padding" puts the points first without reordering them.
+        order = torch.argsort((~mask).to(torch.uint8), dim=1, stable=True)[:, :width]
+        rows = (order + torch.arange(num_images, device=points.device)[:, None] * num_patches).reshape(-1)
+        packed = points.reshape(-1, dim).index_select(0, rows).reshape(num_images, width, dim).float()
+    packed.masked_fill_(~packed_mask[:, :, None], 0.0)
+    return packed, packed_mask
+
+
+def _squared_distances(points: torch.Tensor, point_sq_norms: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """[B, P, K] squared distances from [B, P, D] points to [B, K, D] centers.
+
+    ||x||^2 - 2 x.c + ||c||^2 costs one batched matmul instead of a [B, P, K, D]
+    difference tensor; clamped at 0 against rounding.
+    """
+    cross = torch.bmm(points, centers.transpose(1, 2))
+    return (point_sq_norms[:, :, None] - 2 * cross + centers.square().sum(2)[:, None, :]).clamp_min_(0)
+
+
+def _maximin_init(points: torch.Tensor, mask: torch.Tensor, point_sq_norms: torch.Tensor, k: int) -> torch.Tensor:
+    """[B, K, D] initial centers: the first point, then the farthest point from those chosen, K - 1 times."""
+    rows = torch.arange(points.shape[0], device=points.device)
+    first = mask.to(torch.uint8).argmax(1)  # argmax returns the first maximum: the first kept point
+    centers = [points[rows, first]]
+    min_distance = _squared_distances(points, point_sq_norms, centers[0][:, None, :])[:, :, 0]
+    for _ in range(1, k):
+        farthest = min_distance.masked_fill(~mask, float("-inf")).argmax(1)
+        centers.append(points[rows, farthest])
+        distance = _squared_distances(points, point_sq_norms, centers[-1][:, None, :])[:, :, 0]
+        min_distance = torch.minimum(min_distance, distance)
+    return torch.stack(centers, 1)
+
+
+def _lloyd(points: torch.Tensor, mask: torch.Tensor, k: int, max_iters: int, tol: float) -> torch.Tensor:
+    """Lloyd steps on [B, P, D] packed points (every image has >= K points); returns [B, K, D].
+
+    A converged image's centers are frozen at once. The working tensors shrink
+    to the still-moving images whenever at most half of them are still moving:
+    copying costs about one step, so shrinking on every convergence would cost
+    more than it saves, and never shrinking makes a few slow images pay for the
+    whole batch.
+    """
+    point_sq_norms = _squared_norms(points)
+    centers = _maximin_init(points, mask, point_sq_norms, k)
+    result = centers.clone()
+    rows = torch.arange(points.shape[0], device=points.device)  # batch row of each image in the working set
+    moving = torch.ones_like(rows, dtype=torch.bool)
+    mask_weights = mask[:, :, None].to(points.dtype)
+    for _ in range(max_iters):
+        assignment = _squared_distances(points, point_sq_norms, centers).argmin(2)
+        membership = F.one_hot(assignment, k).to(points.dtype) * mask_weights  # [b, P, K]; padding belongs nowhere
+        sizes = membership.sum(1)  # [b, K]
+        means = torch.bmm(membership.transpose(1, 2), points) / sizes.clamp_min(1)[:, :, None]
+        new_centers = torch.where((sizes[:, :, None] > 0) & moving[:, None, None], means, centers)
+        shift = (new_centers - centers).norm(dim=2).amax(1)  # [b]; 0 for frozen images
+        centers = new_centers
+        moving &= shift > tol
+        num_moving = int(moving.sum())
+        if num_moving == 0:
+            break
+        if 2 * num_moving <= len(rows):
+            result[rows] = centers
+            rows, points, point_sq_norms, mask_weights, centers = (
+                rows[moving],
+                points[moving],
+                point_sq_norms[moving],
+                mask_weights[moving],
+                centers[moving],
+            )
+            moving = moving[moving]
+    result[rows] = centers
+    return result
+
+
+def _squared_norms(points: torch.Tensor) -> torch.Tensor:
+    """[..., n] squared Euclidean norms of [..., n, D] points, without a points-sized temporary."""
+    return torch.linalg.vector_norm(points, dim=-1).square()

@@ -1,0 +1,342 @@
+"""`raysel pretext train`: PT4AL's rotation model, data-parallel on Ray Train.
+
+The pool is read through the same Ray Data path as `featurize` (`list_images`,
+then `DecodeBatch` tasks) and handed to a `TorchTrainer` as
+`datasets={"train": ...}`; each worker reads its share with
+`ray.train.get_dataset_shard("train")`. Workers run DDP (NCCL on GPUs, gloo on
+CPUs). `--batch-size` is the global batch: each of W workers takes
+batch_size // W images per step, each in its 4 rotations.
+
+Resume: after every epoch rank 0 writes `CHECKPOINTS/epoch-NNNNNN.pt` (model,
+optimizer, loss history). A worker starts from the newest checkpoint there, so
+rerunning a killed run, or Ray Train's own retry after a worker failure
+(`--max-failures`), continues from the last finished epoch. The checkpoint
+directory remembers the settings it was trained with; another run asking for
+other settings fails instead of mixing them.
+
+Determinism: the network init, the data order (a seeded permutation of the
+pool, order-preserving Ray Data) and each epoch's local shuffle are seeded.
+With one worker on the CPU a run is reproducible; with several workers Ray
+Data may hand rows to other workers from one run to the next.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from raysel import schema, storage
+from raysel.config import PretextConfig, RayConfig
+from raysel.images import list_images
+from raysel.pretext import checkpoints
+from raysel.pretext.data import IMAGE, training_dataset
+from raysel.pretext.rotation import PretextError, default_image_size
+
+log = logging.getLogger(__name__)
+
+# Tests only: seconds each worker sleeps after an epoch's checkpoint, so a test can kill a run between epochs.
+PAUSE_AFTER_EPOCH_ENV = "RAYSEL_PRETEXT_TEST_PAUSE_AFTER_EPOCH_S"
+
+
+@dataclass
+class PretextSummary:
+    out: str
+    images: int  # images listed in the source (undecodable ones are skipped in training)
+    epochs: int
+    resumed_from_epoch: int  # 0 when the run started from scratch
+    history: list[float] = field(default_factory=list)  # mean training loss per epoch
+    workers: int = 0
+    device: str = "cpu"
+    seconds: float = 0.0  # wall time of this call
+    train_seconds: float = 0.0  # time inside the epochs of this call (workers' view)
+    images_per_second: float = 0.0  # images (each in its 4 rotations) trained per second of train_seconds
+    skipped: bool = False  # the model already existed with the same settings
+
+    @property
+    def final_loss(self) -> float | None:
+        return self.history[-1] if self.history else None
+
+    def lines(self) -> str:
+        if self.skipped:
+            return f"pretext model: {self.out} (already trained with these settings; nothing to do)"
+        resumed = f", resumed after epoch {self.resumed_from_epoch}" if self.resumed_from_epoch else ""
+        losses = " ".join(f"{loss:.4f}" for loss in self.history)
+        return (
+            f"pretext model: {self.out}\n"
+            f"  images: {self.images}  epochs: {self.epochs}{resumed}  workers: {self.workers} ({self.device})\n"
+            f"  loss per epoch: {losses}\n"
+            f"  this run: {self.seconds:.1f} s ({self.images_per_second:.1f} images/s while training)"
+        )
+
+
+def identity_of(config: PretextConfig, image_size: int) -> dict[str, Any]:
+    """The settings that define what a checkpoint or model means: a resumed run must match them."""
+    return {
+        "source": config.source,
+        "model": config.model,
+        "pretrained": config.pretrained,
+        "image_size": image_size,
+        "epochs": config.epochs,
+        "batch_size": config.batch_size,
+        "lr": config.lr,
+        "momentum": config.momentum,
+        "weight_decay": config.weight_decay,
+        "schedule": config.schedule,
+        "shuffle_buffer": config.shuffle_buffer,
+        "seed": config.seed,
+    }
+
+
+def learning_rate(config: PretextConfig, epoch: int) -> float:
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / config.epochs))
+    return config.lr
+
+
+def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None) -> PretextSummary:
+    """Train (or resume, or skip when done) the rotation model; writes `config.out`.
+
+    Raises:
+        PretextError: unknown model, settings that differ from the existing
+            model or checkpoints, no usable image.
+        StorageError / ManifestError: a source that cannot be listed.
+    """
+    from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from raysel.runtime import cluster_gpus, ensure_ray
+
+    config.validate()
+    started = time.time()
+    options = config.storage()
+    image_size = config.image_size or default_image_size_checked(config.model)
+    identity = identity_of(config, image_size)
+
+    if storage.exists(config.out, options):
+        try:
+            meta = checkpoints.load(config.out, options).get("pretext") or {}
+        except PretextError as exc:
+            raise PretextError(f"--out {config.out} exists and is not a raysel pretext model; use a new --out ({exc})") from exc
+        if meta.get("identity") != identity:
+            raise PretextError(f"{config.out} exists and was trained with other settings ({_differences(meta.get('identity'), identity)}); use a new --out")
+        return PretextSummary(out=config.out, images=0, epochs=config.epochs, resumed_from_epoch=config.epochs,
+                              history=list(meta.get("history", [])), skipped=True, seconds=time.time() - started)
+
+    checkpoint_dir = config.checkpoints()
+    identity_uri = storage.join(checkpoint_dir, checkpoints.IDENTITY_FILE)
+    if storage.exists(identity_uri, options):
+        previous = storage.read_json(identity_uri, options)
+        if previous != identity:
+            raise PretextError(
+                f"{checkpoint_dir} holds checkpoints of a run with other settings "
+                f"({_differences(previous, identity)}); use a new --out or --checkpoint-dir"
+            )
+    else:
+        storage.write_json_atomic(identity_uri, identity, options)
+    storage.write_json_atomic(storage.join(checkpoint_dir, schema.RESOLVED_CONFIG_FILE), asdict(config), options)
+    found = checkpoints.checkpoint_uris(checkpoint_dir, options)
+    resumed_from = checkpoints.epochs_of(found[-1]) if found else 0
+    if resumed_from:
+        log.info("resuming from %s (%d of %d epochs done)", found[-1], resumed_from, config.epochs)
+
+    ensure_ray(ray_config)
+    uris = list_images(config.source, options)
+    order = np.random.default_rng(config.seed).permutation(len(uris))
+    dataset = training_dataset(
+        [uris[i] for i in order], image_size, options, config.max_image_pixels, config.decode_threads
+    )
+
+    gpus = cluster_gpus()
+    use_gpu = gpus > 0 and not config.cpu
+    workers = config.num_workers or (gpus if use_gpu else 1)
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True  # the same rows in the same order every epoch and every rerun
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config, "image_size": image_size, "identity": identity},
+        scaling_config=ScalingConfig(
+            num_workers=workers,
+            use_gpu=use_gpu,
+            resources_per_worker={"CPU": config.cpus_per_worker, **({"GPU": 1} if use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=f"raysel-pretext-{uuid.uuid4().hex[:8]}",
+            failure_config=FailureConfig(max_failures=config.max_failures),
+        ),
+        datasets={"train": dataset},
+        dataset_config=DataConfig(execution_options=ingest),
+    )
+    _fit(trainer)
+    meta = checkpoints.load(config.out, options)["pretext"]
+    # Ray Train keeps only metrics reported with a checkpoint; rank 0 leaves this run's numbers in the model file.
+    this_run = meta.get("last_run", {})
+    train_seconds = float(this_run.get("train_seconds", 0.0))
+    return PretextSummary(
+        out=config.out,
+        images=len(uris),
+        epochs=config.epochs,
+        resumed_from_epoch=resumed_from,
+        history=list(meta["history"]),
+        workers=workers,
+        device="gpu" if use_gpu else "cpu",
+        seconds=time.time() - started,
+        train_seconds=train_seconds,
+        images_per_second=float(this_run.get("images", 0)) / train_seconds if train_seconds > 0 else 0.0,
+    )
+
+
+def default_image_size_checked(model_name: str) -> int:
+    import timm
+
+    if not timm.is_model(model_name):
+        raise PretextError(f"unknown timm model {model_name!r}; see timm.list_models()")
+    return default_image_size(model_name)
+
+
+def _differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
+    old = old or {}
+    return ", ".join(f"{k}: has {old.get(k)!r}, run asks {v!r}" for k, v in new.items() if old.get(k) != v) or "unknown"
+
+
+def _fit(trainer):
+    """trainer.fit(), with a PretextError raised by a worker surfacing as itself."""
+    try:
+        return trainer.fit()
+    except Exception as exc:
+        cause: BaseException | None = exc
+        seen = 0
+        while cause is not None and seen < 10:
+            for nested in _nested_errors(cause):
+                if isinstance(nested, PretextError):
+                    raise PretextError(str(nested)) from exc
+            cause, seen = cause.__cause__ or cause.__context__, seen + 1
+        raise
+
+
+def _nested_errors(error: BaseException) -> list[BaseException]:
+    found = [error]
+    failures = getattr(error, "worker_failures", None)  # Ray Train's WorkerGroupError: {rank: exception}
+    if isinstance(failures, dict):
+        for failure in failures.values():
+            found.append(failure)
+            found.extend(e for e in (failure.__cause__, getattr(failure, "cause", None)) if isinstance(e, BaseException))
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException):
+        found.append(cause)
+    return found
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    """Ray Train worker: DDP training of the RotationNet, one checkpoint per epoch (rank 0)."""
+    import ray.train
+    import ray.train.torch
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from raysel.embed.knowledge import normalize_images
+    from raysel.pretext.rotation import build_rotation_net, rotated_views
+
+    _t0 = time.time(); print("WORKER START", time.time(), flush=True)
+    config: PretextConfig = loop_config["config"]
+    identity: dict[str, Any] = loop_config["identity"]
+    options = config.storage()
+    checkpoint_dir = config.checkpoints()
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        torch.set_num_threads(config.cpus_per_worker)
+    else:
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
+
+    net, spec = build_rotation_net(config.model, loop_config["image_size"], config.pretrained, config.seed)
+    start_epoch, history, optimizer_state = 0, [], None
+    found = checkpoints.checkpoint_uris(checkpoint_dir, options)
+    if found:
+        state = checkpoints.load(found[-1], options)
+        if state.get("identity") != identity:
+            raise PretextError(f"{found[-1]} was written by a run with other settings; use a new --checkpoint-dir")
+        net.backbone.load_state_dict(state["backbone"])
+        net.head.load_state_dict(state["rotation_head"])
+        start_epoch, history, optimizer_state = int(state["epoch"]), list(state["history"]), state["optimizer"]
+
+    model = ray.train.torch.prepare_model(net)  # moves to the device; DDP when there are several workers
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if optimizer_state is not None:
+        optimizer.load_state_dict(optimizer_state)
+    shard = ray.train.get_dataset_shard("train")
+    per_worker = max(1, config.batch_size // world)
+    pause = float(os.environ.get(PAUSE_AFTER_EPOCH_ENV, "0") or 0)
+    images_this_run, train_seconds = 0, 0.0
+    autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
+
+    print("WORKER READY", time.time(), time.time() - _t0, flush=True)
+    for epoch in range(start_epoch, config.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, epoch)
+        model.train()
+        epoch_started = time.perf_counter()
+        totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, images
+        batches = shard.iter_torch_batches(
+            batch_size=per_worker,
+            local_shuffle_buffer_size=config.shuffle_buffer or None,
+            local_shuffle_seed=config.seed * 100_003 + epoch * 101 + rank if config.shuffle_buffer else None,
+        )
+        for batch in batches:
+            images = batch[IMAGE].to(device)
+            views, labels = rotated_views(normalize_images(images, spec.mean, spec.std))
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits = model(views)
+            loss = F.cross_entropy(logits.float(), labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            totals[0] += loss.detach().double() * len(images)
+            totals[1] += len(images)
+        print("EPOCH DONE", epoch, time.time(), flush=True)
+        if world > 1:
+            dist.all_reduce(totals)
+        if totals[1].item() == 0:
+            raise PretextError(f"no usable image in {config.source}: every one failed to decode (see the worker logs)")
+        train_seconds += time.perf_counter() - epoch_started
+        images_this_run += int(totals[1].item())
+        history.append(float(totals[0].item() / totals[1].item()))
+        if rank == 0:
+            checkpoints.save(
+                {
+                    "format": checkpoints.CHECKPOINT_FORMAT,
+                    "epoch": epoch + 1,
+                    "backbone": net.backbone.state_dict(),
+                    "rotation_head": net.head.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "history": history,
+                    "identity": identity,
+                },
+                storage.join(checkpoint_dir, checkpoints.checkpoint_name(epoch + 1)),
+                options,
+            )
+            checkpoints.prune_checkpoints(checkpoint_dir, config.keep_checkpoints, options)
+        ray.train.report(
+            {"epoch": epoch + 1, "loss": history[-1], "images_this_run": images_this_run, "train_seconds": train_seconds}
+        )
+        if pause:
+            time.sleep(pause)
+
+    if rank == 0:
+        meta = {
+            "identity": identity,
+            "history": history,
+            "epochs": config.epochs,
+            "pretrained": config.pretrained,
+            "last_run": {"images": images_this_run, "train_seconds": train_seconds, "workers": world},
+        }
+        checkpoints.save(checkpoints.export_model(net.cpu(), config.model, spec, meta), config.out, options)

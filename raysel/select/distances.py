@@ -1,0 +1,248 @@
+"""The one distance kernel every K-Center path shares: exact to the bit, whatever the batch.
+
+Picks must not depend on how rows are split over shards, nor on how many
+centers arrive at once. Two things make that hold:
+
+1. Every distance is computed in float64 from the stored vectors (float32 or
+   float16), so rounding is ~1e-16, far below any gap between real scores.
+2. Every BLAS call has the same shape: rows go in blocks of `ROW_BLOCK`, centers
+   in blocks of `CENTER_BLOCK`, both zero-padded. BLAS picks its kernel and its
+   summation order from the shape, so `x @ c` differs in the last bit between a
+   [5, D] and a [300, D] center matrix; with one shape, each (point, center) pair
+   gets the same bits in the reference, in the driver and on every shard
+   (tests/select/test_distances.py checks this).
+
+Distances (vectors are stored raw; `factors` carry the per-vector norm term):
+    cosine     1 - (x . c) / (|x| |c|)      factors = 1 / |x|      clamped at 0
+    euclidean  sqrt(|x|^2 + |c|^2 - 2 x . c) factors = |x|^2        clamped at 0
+Cosine normalises once, at load (the inverse norms). For float16 storage the
+vectors are normalised before rounding, so their values stay in [-1, 1].
+
+Every per-pair formula is monotone in the dot product, so the min over a block
+of centers can be taken on dot products first: same bits, less work.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+try:  # holds BLAS to one thread inside the kernel; without it BLAS keeps its own default
+    from threadpoolctl import threadpool_limits
+except ImportError:  # pragma: no cover
+    from contextlib import nullcontext
+
+    def threadpool_limits(*args, **kwargs):  # type: ignore[no-redef]
+        return nullcontext()
+
+from raysel.select.errors import InvalidVectorError, SelectionConfigError
+
+ROW_BLOCK = 512  # points per BLAS call (fixed: see module docstring)
+CENTER_BLOCK = 64  # centers per BLAS call (fixed)
+
+DISTANCES = ("cosine", "euclidean")
+DTYPES = {"float32": np.float32, "float16": np.float16}
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def storage_dtype(name: str) -> np.dtype:
+    if name not in DTYPES:
+        raise SelectionConfigError(f"--dtype must be one of {sorted(DTYPES)}, got {name!r}")
+    return np.dtype(DTYPES[name])
+
+
+def check_distance(name: str) -> str:
+    if name not in DISTANCES:
+        raise SelectionConfigError(f"--distance must be one of {list(DISTANCES)}, got {name!r}")
+    return name
+
+
+def squared_norms(vectors64: np.ndarray) -> np.ndarray:
+    """Row-wise sum of squares over the last axis. [..., D] float64 -> [...] float64."""
+    return np.add.reduce(vectors64 * vectors64, axis=-1)
+
+
+PREPARE_CHUNK = 8192  # rows converted to float64 at a time while preparing (bounds the temporary memory)
+
+
+def prepare_vectors(
+    vectors: np.ndarray, uris: list[str], distance: str, dtype: str = "float32"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Stored vectors and their norm factors, checked for NaN / inf.
+
+    Args:
+        vectors: [N, K, D] float32, as read from the store.
+        uris: [N] image uris (only to name a bad row).
+        distance: "cosine" or "euclidean".
+        dtype: "float32" or "float16" storage.
+
+    Returns:
+        stored [N, K, D] float32 or float16 (float32 input is kept, not copied),
+        factors [N, K] float64 (cosine: inverse norms of the stored vectors;
+        euclidean: their squared norms).
+    """
+    check_distance(distance)
+    target = storage_dtype(dtype)
+    stored = vectors if vectors.dtype == target else np.empty(vectors.shape, dtype=target)
+    factors = np.empty(vectors.shape[:-1])
+    for start in range(0, len(vectors), PREPARE_CHUNK):
+        chunk = slice(start, start + PREPARE_CHUNK)
+        raw = vectors[chunk]
+        finite_rows = np.isfinite(raw).reshape(len(raw), -1).all(axis=1)
+        if not finite_rows.all():
+            bad = start + int(np.flatnonzero(~finite_rows)[0])
+            raise InvalidVectorError(f"non-finite values (NaN or inf) in the vectors of {uris[bad]!r}")
+        raw64 = raw.astype(np.float64)
+        if distance == "cosine":
+            norms = np.sqrt(squared_norms(raw64))
+            if (norms == 0).any():
+                bad = start + int(np.flatnonzero((norms == 0).any(axis=-1))[0])
+                raise InvalidVectorError(f"a zero vector in {uris[bad]!r}: cosine distance is undefined for it")
+            if target == np.float16:
+                stored[chunk] = raw64 / norms[..., None]  # normalise before rounding to float16
+            elif stored is not vectors:
+                stored[chunk] = raw
+            factors[chunk] = 1.0 / np.sqrt(squared_norms(stored[chunk].astype(np.float64)))
+        else:
+            if target == np.float16 and (np.abs(raw64) > FLOAT16_MAX).any():
+                bad = start + int(np.flatnonzero((np.abs(raw64) > FLOAT16_MAX).reshape(len(raw), -1).any(axis=1))[0])
+                raise InvalidVectorError(f"values of {uris[bad]!r} exceed the float16 range; use --dtype float32")
+            if stored is not vectors:
+                stored[chunk] = raw
+            factors[chunk] = squared_norms(stored[chunk].astype(np.float64))
+    return np.ascontiguousarray(stored), factors
+
+
+def _center_blocks(centers: np.ndarray, center_factors: np.ndarray, distance: str) -> list[tuple[np.ndarray, np.ndarray, int]]:
+    """Centers as zero-padded [CENTER_BLOCK, D] float64 blocks ready for the dot product.
+
+    cosine: c / |c| (so a dot product is x . c / |c|); euclidean: -2 c (exact) and |c|^2.
+    """
+    centers64 = centers.astype(np.float64)
+    if distance == "cosine":
+        scaled = centers64 * center_factors[:, None]
+    else:
+        scaled = -2.0 * centers64
+    blocks = []
+    for start in range(0, len(centers64), CENTER_BLOCK):
+        count = min(CENTER_BLOCK, len(centers64) - start)
+        block = np.zeros((CENTER_BLOCK, centers64.shape[1]))
+        block[:count] = scaled[start : start + count]
+        blocks.append((block, center_factors[start : start + count], count))
+    return blocks
+
+
+def _row_blocks(points: np.ndarray, start: int, stop: int):
+    """Yield (start, count, [ROW_BLOCK, D] float64 buffer) over zero-padded row blocks of points[start:stop]."""
+    buffer = np.zeros((ROW_BLOCK, points.shape[1]))
+    for block_start in range(start, stop, ROW_BLOCK):
+        count = min(ROW_BLOCK, stop - block_start)
+        buffer[:count] = points[block_start : block_start + count]
+        if count < ROW_BLOCK:
+            buffer[count:] = 0.0
+        yield block_start, count, buffer
+
+
+_threads = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
+
+
+def set_threads(count: int) -> None:
+    """Threads the kernel splits row blocks over (BLAS itself runs single-threaded)."""
+    global _threads
+    _threads = max(1, int(count))
+
+
+def get_threads() -> int:
+    return _threads
+
+
+def _over_row_chunks(rows: int, work) -> None:
+    """Run work(start, stop) over contiguous chunks of whole row blocks, one per thread.
+
+    BLAS is held to one thread: small fixed-shape products run fastest that way, and
+    threads over row blocks cannot change any result bit.
+    """
+    blocks = -(-rows // ROW_BLOCK)
+    workers = max(1, min(_threads, blocks))
+    bounds = [min(rows, ROW_BLOCK * (blocks * part // workers)) for part in range(workers + 1)]
+    chunks = [(start, stop) for start, stop in zip(bounds[:-1], bounds[1:]) if stop > start]
+    with threadpool_limits(1, user_api="blas"):
+        if len(chunks) == 1:
+            work(*chunks[0])
+            return
+        with ThreadPoolExecutor(len(chunks)) as pool:
+            for future in [pool.submit(work, start, stop) for start, stop in chunks]:
+                future.result()
+
+
+def update_min_distance(
+    points: np.ndarray,
+    point_factors: np.ndarray,
+    centers: np.ndarray,
+    center_factors: np.ndarray,
+    distance: str,
+    min_distance: np.ndarray,
+) -> None:
+    """min_distance = min(min_distance, distance to the nearest of `centers`), in place.
+
+    Args:
+        points: [n, D] stored vectors. point_factors: [n] float64.
+        centers: [c, D] stored vectors. center_factors: [c] float64.
+        distance: "cosine" or "euclidean".
+        min_distance: [n] float64, updated in place.
+    """
+    if len(centers) == 0 or len(points) == 0:
+        return
+    blocks = _center_blocks(centers, center_factors, distance)
+
+    def work(first: int, last: int) -> None:
+        dots = np.empty((ROW_BLOCK, CENTER_BLOCK))
+        for start, count, rows in _row_blocks(points, first, last):
+            factors = point_factors[start : start + count]
+            target = min_distance[start : start + count]
+            for block, block_factors, real in blocks:
+                np.matmul(rows, block.T, out=dots)
+                if distance == "cosine":
+                    nearest = 1.0 - factors * dots[:count, :real].max(axis=1)
+                else:
+                    nearest = factors + (dots[:count, :real] + block_factors).min(axis=1)
+                    np.sqrt(np.maximum(nearest, 0.0), out=nearest)
+                np.maximum(nearest, 0.0, out=nearest)
+                np.minimum(target, nearest, out=target)
+
+    _over_row_chunks(len(points), work)
+
+
+def pairwise_distances(
+    points: np.ndarray, point_factors: np.ndarray, centers: np.ndarray, center_factors: np.ndarray, distance: str
+) -> np.ndarray:
+    """Every (point, center) distance, bit-identical to what `update_min_distance` uses.
+
+    Args:
+        points: [n, D] stored vectors, point_factors [n] float64.
+        centers: [c, D] stored vectors, center_factors [c] float64.
+
+    Returns:
+        [n, c] float64.
+    """
+    out = np.empty((len(points), len(centers)))
+    if len(centers) == 0 or len(points) == 0:
+        return out
+    blocks = _center_blocks(centers, center_factors, distance)
+
+    def work(first: int, last: int) -> None:
+        dots = np.empty((ROW_BLOCK, CENTER_BLOCK))
+        for start, count, rows in _row_blocks(points, first, last):
+            factors = point_factors[start : start + count, None]
+            for index, (block, block_factors, real) in enumerate(blocks):
+                np.matmul(rows, block.T, out=dots)
+                column = index * CENTER_BLOCK
+                if distance == "cosine":
+                    pair = 1.0 - factors * dots[:count, :real]
+                else:
+                    pair = np.sqrt(np.maximum(factors + (dots[:count, :real] + block_factors), 0.0))
+                out[start : start + count, column : column + real] = np.maximum(pair, 0.0)
+
+    _over_row_chunks(len(points), work)
+    return out
