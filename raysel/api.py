@@ -3,6 +3,7 @@
     from raysel.api import featurize, select, FeaturizeConfig, SelectConfig
     featurize(FeaturizeConfig(source="s3://bucket/images", out="s3://bucket/store"))
     select(SelectConfig(store="s3://bucket/store", budget=1000, out="selection.parquet"))
+    train_pretext(PretextConfig(source="s3://bucket/images", out="s3://bucket/pretext.pt"))  # PT4AL, docs/pt4al.md
 """
 from __future__ import annotations
 
@@ -10,17 +11,24 @@ import os
 
 import pyarrow as pa
 
-from raysel.config import FeaturizeConfig, RayConfig, SelectConfig
+from raysel.config import FeaturizeConfig, PretextConfig, RayConfig, SelectConfig
 from raysel.pipeline import FeaturizeSummary
 from raysel.pipeline import featurize as _featurize
 
-__all__ = ["FeaturizeConfig", "SelectConfig", "RayConfig", "featurize", "select", "demo"]
+__all__ = ["FeaturizeConfig", "SelectConfig", "PretextConfig", "RayConfig", "featurize", "select", "train_pretext", "demo"]
 
 DEMO_MODEL = "test_vit"  # timm's tiny registered ViT: no download, random init
 
 
 def featurize(config: FeaturizeConfig, ray_config: RayConfig | None = None, progress: bool = True) -> FeaturizeSummary:
     return _featurize(config, ray_config, progress=progress)
+
+
+def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None):
+    """PT4AL's rotation model (Ray Train); returns a PretextSummary. See raysel.pretext.training."""
+    from raysel.pretext.training import train_pretext as _train_pretext
+
+    return _train_pretext(config, ray_config)
 
 
 def select(config: SelectConfig, ray_config: RayConfig | None = None) -> pa.Table:

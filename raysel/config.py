@@ -85,6 +85,14 @@ class SelectConfig:
     candidates: int = _opt(64, "Candidates per pass of the batched exact K-Center-Greedy")
     checkpoint_every: int = _opt(100, "Checkpoint the selection state every this many picks")
     s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
+    # --- label-aware methods: pt4al, uncertainty (docs/pt4al.md) ---
+    cycles: int = _opt(10, "pt4al: batches the pool is cut into by pretext loss, one per cycle (paper: 10)")
+    cycle: int = _opt(0, "pt4al: this cycle, 0 .. cycles-1 (0: cold start, uniform over the hardest batch)")
+    acquisition: str = _opt("entropy", "uncertainty: 'entropy', 'margin' or 'least-confidence'")
+    predictions: str | None = _opt(
+        None, "pt4al / uncertainty: your model's class probabilities (.parquet/.csv: 'uri' + prob_0..prob_K-1 "
+        "or a list column 'probs'), instead of the built-in linear head on the embeddings"
+    )
 
     def storage(self) -> StorageOptions:
         return StorageOptions(s3_endpoint=self.s3_endpoint)

@@ -169,13 +169,13 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
         )
     )
     if config.pretext:  # PT4AL: the rotation loss needs `image`, which the Featurizer drops
-        from raysel.pretext.checkpoints import load_model
+        from raysel.pretext.checkpoints import absolute_uri, load_model
         from raysel.pretext.scorer import PretextScorer
 
         load_model(config.pretext, config.storage())  # fail here, with the reason, not in an actor
         dataset = dataset.map_batches(
             PretextScorer,
-            fn_constructor_kwargs={"model_uri": config.pretext, "storage_options": config.storage()},
+            fn_constructor_kwargs={"model_uri": absolute_uri(config.pretext), "storage_options": config.storage()},
             batch_size=config.batch_size,
             compute=ActorPoolStrategy(size=model_actors),
             **model_resources,

@@ -1,20 +1,26 @@
 """A real multi-node Ray cluster on this machine, made of `ray start` processes, torn down by pid.
 
 Each node runs `ray start --block` in its own process group with its own temp dir, so stopping the
-cluster kills exactly the processes this test started (never a broad `ray stop`).
+cluster kills exactly the processes this test started (never a broad `ray stop`). Standalone (no
+pytest imports), so benchmarks/bench_cluster.py uses it too.
 """
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
 
-from conftest import free_port
-
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 AWS_CREDENTIAL_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFILE")
@@ -44,12 +50,15 @@ class LocalRayCluster:
     so S3 reads in Ray workers only work with credentials a job brings in its runtime_env.
     """
 
-    def __init__(self, dashboard: bool = False, aws_credentials: bool = True):
+    def __init__(self, dashboard: bool = False, aws_credentials: bool = True, object_store_memory: int | None = None,
+                 env: dict[str, str] | None = None):
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.dashboard_port = free_port() if dashboard else None
         self.dashboard = dashboard
         self.aws_credentials = aws_credentials
+        self.object_store_memory = object_store_memory  # bytes per node; Ray's default is 30% of RAM each
+        self.env = dict(env or {})  # extra variables for every node (e.g. RAY_health_check_* settings)
         self.temp_dir = tempfile.mkdtemp(prefix="raysel-ray-", dir="/tmp")
         self.nodes: list[subprocess.Popen] = []
 
@@ -60,14 +69,17 @@ class LocalRayCluster:
 
     def node_env(self) -> dict[str, str]:
         # This venv first on PATH, as on a node where raysel is installed: a job's `python` is this one.
-        env = ray_env(PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+        env = ray_env(PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""), **self.env)
         return env if self.aws_credentials else without_aws_credentials(env)
 
     def _start(self, args: list[str]) -> subprocess.Popen:
         log = open(os.path.join(self.temp_dir, f"node-{len(self.nodes)}.log"), "wb")
         # Every node's agent gets its own port: several nodes share this host (the default is fixed).
+        args = [f"--dashboard-agent-listen-port={free_port()}", *args]
+        if self.object_store_memory:
+            args.append(f"--object-store-memory={self.object_store_memory}")
         process = subprocess.Popen(
-            [RAY, "start", "--block", "--disable-usage-stats", f"--dashboard-agent-listen-port={free_port()}", *args],
+            [RAY, "start", "--block", "--disable-usage-stats", *args],
             env=self.node_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         self.nodes.append(process)
@@ -81,9 +93,9 @@ class LocalRayCluster:
         if resources:
             args.append(f"--resources={resources}")
         self._start(args)
-        self.wait_for_nodes(1)
         if self.dashboard:
             self.wait_for_job_api()
+        self.wait_for_nodes(1)
         return self
 
     def wait_for_job_api(self, timeout: float = 60) -> None:
@@ -101,7 +113,10 @@ class LocalRayCluster:
         raise TimeoutError(f"job API not up at {self.job_address} after {timeout} s; logs in {self.temp_dir}")
 
     def add_worker(self, num_cpus: int = 1, resources: str | None = None) -> subprocess.Popen:
-        args = [f"--address={self.address}", f"--num-cpus={num_cpus}"]
+        # Its own temp dir: nodes sharing one would share runtime_resources/, and one node's agent
+        # would delete a job's working_dir while another node's driver still runs in it.
+        node_dir = os.path.join(self.temp_dir, f"node-{len(self.nodes)}")
+        args = [f"--address={self.address}", f"--num-cpus={num_cpus}", f"--temp-dir={node_dir}"]
         if resources:
             args.append(f"--resources={resources}")
         process = self._start(args)
@@ -109,6 +124,17 @@ class LocalRayCluster:
         return process
 
     def alive_nodes(self) -> int:
+        if self.dashboard:  # the state API over HTTP: no Ray driver to start for each poll
+            import json
+            import urllib.request
+
+            url = f"{self.job_address}/api/v0/nodes?limit=1000&detail=false"
+            try:
+                with urllib.request.urlopen(url, timeout=10) as response:
+                    nodes = json.loads(response.read())["data"]["result"]["result"]
+                return sum(node["state"] == "ALIVE" for node in nodes)
+            except (OSError, KeyError, ValueError):
+                pass
         code = "import ray; ray.init(address=%r, log_to_driver=False); print(sum(n['Alive'] for n in ray.nodes()))"
         result = subprocess.run([sys.executable, "-c", code % self.address], env=ray_env(), capture_output=True,
                                 text=True, timeout=60)
@@ -146,13 +172,14 @@ class LocalRayCluster:
             pass
         process.wait(timeout=30)
 
-    def stop(self) -> None:
+    def stop(self, grace: float = 20) -> None:
+        """SIGTERM every node, SIGKILL what is left after `grace` seconds (a SIGTERM'd node drains)."""
         for process in self.nodes:
             try:
                 os.killpg(process.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        deadline = time.time() + 20
+        deadline = time.time() + grace
         for process in self.nodes:
             try:
                 process.wait(timeout=max(0.1, deadline - time.time()))

@@ -16,8 +16,9 @@ from raysel.cluster.kmeans import batched_kmeans
 # [B, P, D] float16/float32: each image's kept patches first, zero padding after.
 KEPT_FEATURES = "kept_features"
 
-# Images per K-Means group on a CPU: a group's points then fit in cache, which
-# measured ~3x faster than one 256-image group (benchmarks/bench_kmeans.py).
+# Images per K-Means group on a CPU: a group's points then stay in cache, and
+# count-sorted groups pad less. ~1.5x faster than one 256-image group on a
+# 2-core machine (benchmarks/results/kmeans.md). GPUs take the batch whole.
 CPU_GROUP_SIZE = 64
 
 
@@ -39,7 +40,9 @@ class KnowledgeClusterer:
         self.max_iters = max_iters
         self.tol = tol
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.group_size = group_size if group_size is not None else (None if self.device.type == "cuda" else CPU_GROUP_SIZE)
+        if group_size is None and self.device.type == "cpu":
+            group_size = CPU_GROUP_SIZE
+        self.group_size = group_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         kept_features = np.asarray(batch[KEPT_FEATURES])
@@ -52,7 +55,8 @@ class KnowledgeClusterer:
         if len(num_kept) and (num_kept.min() < 0 or num_kept.max() > kept_features.shape[1]):
             raise ValueError(f"{schema.NUM_KEPT_PATCHES} must be in 0..{kept_features.shape[1]}")
         points = torch.from_numpy(np.ascontiguousarray(kept_features)).to(self.device)
-        mask = torch.arange(points.shape[1], device=self.device)[None, :] < torch.from_numpy(num_kept).to(self.device)[:, None]
+        counts = torch.from_numpy(num_kept).to(self.device)
+        mask = torch.arange(points.shape[1], device=self.device)[None, :] < counts[:, None]
         centers = batched_kmeans(points, mask, self.clusters, self.max_iters, self.tol, group_size=self.group_size)
         out = {key: value for key, value in batch.items() if key != KEPT_FEATURES}
         out[schema.CLUSTERS] = centers.cpu().numpy()

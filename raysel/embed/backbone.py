@@ -30,7 +30,7 @@ class BackboneError(ValueError):
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the model expects: square images of `image_size` pixels, normalised with `mean` / `std` (RGB, 0..1 scale)."""
+    """What the model expects: square RGB images of `image_size` pixels, scaled to 0..1, then `mean` / `std`."""
 
     image_size: int
     mean: tuple[float, float, float]
@@ -95,10 +95,10 @@ def check_vit(model: torch.nn.Module, model_name: str = "") -> None:
         raise BackboneError(f"{name} has no class token: GEAL ranks patches by the class token's attention")
     if len(model.blocks) < 2:
         raise BackboneError(f"{name} has {len(model.blocks)} block(s): GEAL reads the second-to-last block")
-    attention = getattr(model.blocks[-1], "attn", None)
-    if not all(hasattr(attention, part) for part in ("qkv", "num_heads", "head_dim", "scale", "q_norm", "k_norm")) or not hasattr(
-        model.blocks[-1], "norm1"
-    ):
+    last_block = model.blocks[-1]
+    attention = getattr(last_block, "attn", None)
+    attention_parts = ("qkv", "num_heads", "head_dim", "scale", "q_norm", "k_norm")
+    if not hasattr(last_block, "norm1") or not all(hasattr(attention, part) for part in attention_parts):
         raise BackboneError(
             f"{name}: the last block has no standard timm Attention (norm1 + fused qkv projection), "
             "so its class-token attention cannot be read"
@@ -144,8 +144,9 @@ def _hub_reachable(endpoint: str, timeout_s: float = 3.0) -> bool:
     if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return True
     url = urllib.parse.urlsplit(endpoint)
+    port = url.port or (80 if url.scheme == "http" else 443)
     try:
-        with socket.create_connection((url.hostname, url.port or (80 if url.scheme == "http" else 443)), timeout=timeout_s):
+        with socket.create_connection((url.hostname, port), timeout=timeout_s):
             return True
     except OSError:
         return False

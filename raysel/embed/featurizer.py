@@ -9,6 +9,7 @@ patches, packed first, in `kept_features`.
 from __future__ import annotations
 
 import contextlib
+import os
 
 import numpy as np
 import torch
@@ -44,12 +45,17 @@ class Featurizer:
         storage_options: StorageOptions,
         feature_dtype: str = "float16",
         seed: int = 0,
+        torch_threads: int | None = None,
     ):
         if feature_dtype not in FEATURE_DTYPES:
             raise ValueError(f"feature_dtype must be one of {sorted(FEATURE_DTYPES)}, got {feature_dtype!r}")
         if not 0.0 < tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1], got {tau}")
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cpu":
+            # Ray pins OMP_NUM_THREADS to the actor's num_cpus (1); a CPU model actor is the
+            # node's main consumer, and decode tasks are light, so let torch use the cores.
+            torch.set_num_threads(torch_threads or os.cpu_count() or 1)
         self.model = load_backbone(model_name, weights, random_init, storage_options, seed=seed).to(self.device)
         self.spec = input_spec(self.model)
         self.tau = tau

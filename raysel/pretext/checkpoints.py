@@ -20,6 +20,7 @@ An epoch checkpoint (`CHECKPOINTS/epoch-000003.pt`, 3 epochs done) holds
 from __future__ import annotations
 
 import io
+import os
 import pickle
 from typing import Any
 
@@ -35,6 +36,13 @@ MODEL_FORMAT = "raysel-pretext-model-v1"
 CHECKPOINT_FORMAT = "raysel-pretext-checkpoint-v1"
 CHECKPOINT_PREFIX = "epoch-"
 IDENTITY_FILE = "_identity.json"  # what the checkpoints in a directory were trained with
+
+
+def absolute_uri(uri: str) -> str:
+    """s3:// URIs as they are; local paths made absolute (Ray workers run in other directories)."""
+    if storage.is_s3(uri) or ("://" in uri and not uri.startswith("file://")):
+        return uri
+    return os.path.abspath(os.path.expanduser(uri[len("file://") :] if uri.startswith("file://") else uri))
 
 
 def save(payload: dict[str, Any], uri: str, options: StorageOptions | None = None) -> None:

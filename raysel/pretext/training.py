@@ -21,6 +21,7 @@ Data may hand rows to other workers from one run to the next.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -30,7 +31,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from raysel import schema, storage
 from raysel.config import PretextConfig, RayConfig
@@ -41,7 +41,8 @@ from raysel.pretext.rotation import PretextError, default_image_size
 
 log = logging.getLogger(__name__)
 
-# Tests only: seconds each worker sleeps after an epoch's checkpoint, so a test can kill a run between epochs.
+# Tests only: seconds each worker sleeps after an epoch's checkpoint, so a test can kill a run between
+# epochs. Read by the driver (train_pretext) and handed to the workers.
 PAUSE_AFTER_EPOCH_ENV = "RAYSEL_PRETEXT_TEST_PAUSE_AFTER_EPOCH_S"
 
 
@@ -114,6 +115,13 @@ def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None) ->
     from raysel.runtime import cluster_gpus, ensure_ray
 
     config.validate()
+    # Workers run in another directory: relative local paths must mean what they mean here.
+    config = dataclasses.replace(
+        config,
+        source=checkpoints.absolute_uri(config.source),
+        out=checkpoints.absolute_uri(config.out),
+        checkpoint_dir=checkpoints.absolute_uri(config.checkpoints()),
+    )
     started = time.time()
     options = config.storage()
     image_size = config.image_size or default_image_size_checked(config.model)
@@ -160,7 +168,12 @@ def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None) ->
     ingest.preserve_order = True  # the same rows in the same order every epoch and every rerun
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config, "image_size": image_size, "identity": identity},
+        train_loop_config={
+            "config": config,
+            "image_size": image_size,
+            "identity": identity,
+            "pause_after_epoch_s": float(os.environ.get(PAUSE_AFTER_EPOCH_ENV, "0") or 0),
+        },
         scaling_config=ScalingConfig(
             num_workers=workers,
             use_gpu=use_gpu,
@@ -244,7 +257,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     from raysel.embed.knowledge import normalize_images
     from raysel.pretext.rotation import build_rotation_net, rotated_views
 
-    _t0 = time.time(); print("WORKER START", time.time(), flush=True)
     config: PretextConfig = loop_config["config"]
     identity: dict[str, Any] = loop_config["identity"]
     options = config.storage()
@@ -275,11 +287,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         optimizer.load_state_dict(optimizer_state)
     shard = ray.train.get_dataset_shard("train")
     per_worker = max(1, config.batch_size // world)
-    pause = float(os.environ.get(PAUSE_AFTER_EPOCH_ENV, "0") or 0)
+    pause = loop_config.get("pause_after_epoch_s", 0.0)
     images_this_run, train_seconds = 0, 0.0
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
 
-    print("WORKER READY", time.time(), time.time() - _t0, flush=True)
     for epoch in range(start_epoch, config.epochs):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, epoch)
@@ -302,7 +313,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             optimizer.step()
             totals[0] += loss.detach().double() * len(images)
             totals[1] += len(images)
-        print("EPOCH DONE", epoch, time.time(), flush=True)
         if world > 1:
             dist.all_reduce(totals)
         if totals[1].item() == 0:

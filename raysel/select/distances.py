@@ -25,16 +25,14 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 
 import numpy as np
 
 try:  # holds BLAS to one thread inside the kernel; without it BLAS keeps its own default
-    from threadpoolctl import threadpool_limits
+    from threadpoolctl import ThreadpoolController
 except ImportError:  # pragma: no cover
-    from contextlib import nullcontext
-
-    def threadpool_limits(*args, **kwargs):  # type: ignore[no-redef]
-        return nullcontext()
+    ThreadpoolController = None
 
 from raysel.select.errors import InvalidVectorError, SelectionConfigError
 
@@ -63,7 +61,7 @@ def squared_norms(vectors64: np.ndarray) -> np.ndarray:
     return np.add.reduce(vectors64 * vectors64, axis=-1)
 
 
-PREPARE_CHUNK = 8192  # rows converted to float64 at a time while preparing (bounds the temporary memory)
+PREPARE_CHUNK = 1024  # rows converted to float64 at a time while preparing (bounds the temporary memory)
 
 
 def prepare_vectors(
@@ -157,6 +155,19 @@ def get_threads() -> int:
     return _threads
 
 
+_blas_controller = None
+
+
+def _single_threaded_blas():
+    """A context holding BLAS to one thread (a no-op without threadpoolctl)."""
+    global _blas_controller
+    if ThreadpoolController is None:
+        return nullcontext()
+    if _blas_controller is None:
+        _blas_controller = ThreadpoolController()  # inspecting the loaded libraries is the slow part: once
+    return _blas_controller.limit(limits=1, user_api="blas")
+
+
 def _over_row_chunks(rows: int, work) -> None:
     """Run work(start, stop) over contiguous chunks of whole row blocks, one per thread.
 
@@ -167,7 +178,7 @@ def _over_row_chunks(rows: int, work) -> None:
     workers = max(1, min(_threads, blocks))
     bounds = [min(rows, ROW_BLOCK * (blocks * part // workers)) for part in range(workers + 1)]
     chunks = [(start, stop) for start, stop in zip(bounds[:-1], bounds[1:]) if stop > start]
-    with threadpool_limits(1, user_api="blas"):
+    with _single_threaded_blas():
         if len(chunks) == 1:
             work(*chunks[0])
             return

@@ -170,7 +170,7 @@ class KCenterShard:
 
     def batch_of(self, rows: np.ndarray | Sequence[int]) -> CenterBatch:
         rows = np.asarray(rows, dtype=np.int64)
-        clusters, dims = self.shape
+        _, dims = self.shape
         return CenterBatch(self.vectors[rows].reshape(-1, dims), self.factors[rows].reshape(-1))
 
     def first_draw(self, seed: int, index: int = 0) -> Draw | None:
@@ -191,7 +191,7 @@ class KCenterShard:
         centers = concat_batches(batches)
         if centers is None or not self.num_rows:
             return
-        clusters, dims = self.shape
+        _, dims = self.shape
         update_min_distance(
             self.vectors.reshape(-1, dims),
             self.factors.reshape(-1),

@@ -159,15 +159,20 @@ def check_shards(
     lost = [pick.uri for pick in resumed if pick.uri not in matched]
     if lost:
         raise CheckpointError(f"the checkpoint names {len(lost)} uri(s) the store no longer has, e.g. {lost[:3]}")
+    check_budget(budget, total, len(labeled))
+    return total
+
+
+def check_budget(budget: int, images: int, labeled: int) -> None:
+    """1 <= budget <= images - labeled, or a BudgetError saying which."""
     if budget < 1:
         raise BudgetError(f"--budget must be >= 1, got {budget}")
-    pool = total - len(labeled)
+    pool = images - labeled
     if budget > pool:
         raise BudgetError(
-            f"--budget {budget} exceeds the unlabeled pool: {total} images in the store, "
-            f"{len(labeled)} labeled, {pool} left to pick from"
+            f"--budget {budget} exceeds the unlabeled pool: {images} images in the store, "
+            f"{labeled} labeled, {pool} left to pick from"
         )
-    return total
 
 
 @dataclass

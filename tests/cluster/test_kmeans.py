@@ -25,7 +25,8 @@ def padded_batch(counts: list[int], width: int, dim: int, scatter: bool, seed: i
     mask = torch.zeros(len(counts), width, dtype=torch.bool)
     per_image = []
     for image, count in enumerate(counts):
-        own = blob_points(count, dim, num_blobs=int(torch.randint(1, 7, (), generator=generator)), seed=seed * 1000 + image)
+        num_blobs = int(torch.randint(1, 7, (), generator=generator))
+        own = blob_points(count, dim, num_blobs, seed=seed * 1000 + image)
         rows = torch.randperm(width, generator=generator)[:count].sort().values if scatter else torch.arange(count)
         points[image, rows] = own
         mask[image, rows] = True
@@ -73,14 +74,16 @@ def test_deterministic_and_independent_of_the_rest_of_the_batch():
     first = batched_kmeans(points, mask, 5)
     assert torch.equal(first, batched_kmeans(points, mask, 5))
     permutation = torch.tensor([3, 0, 5, 1, 4, 2])
-    torch.testing.assert_close(batched_kmeans(points[permutation], mask[permutation], 5), first[permutation], atol=1e-6, rtol=1e-6)
+    permuted = batched_kmeans(points[permutation], mask[permutation], 5)
+    torch.testing.assert_close(permuted, first[permutation], atol=1e-6, rtol=1e-6)
     alone = batched_kmeans(points[2:3], mask[2:3], 5)
     torch.testing.assert_close(alone[0], first[2], atol=1e-6, rtol=1e-6)
 
 
 def test_well_separated_blobs_are_recovered_exactly():
     generator = torch.Generator().manual_seed(7)
-    blob_centers = torch.tensor([[0.0, 0.0, 0.0], [50.0, 0.0, 0.0], [0.0, 50.0, 0.0], [0.0, 0.0, 50.0], [50.0, 50.0, 50.0]])
+    corners = [[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 1.0, 1.0]]
+    blob_centers = 50 * torch.tensor(corners)
     labels = torch.arange(60) % 5
     own = blob_centers[labels] + torch.randn(60, 3, generator=generator)
     expected = torch.stack([own[labels == j].mean(0) for j in range(5)])
@@ -106,7 +109,8 @@ def test_empty_clusters_keep_their_previous_center():
 def test_k_equals_one_is_the_mean():
     own = blob_points(30, 6, 3, seed=1)
     torch.testing.assert_close(kmeans_single(own, 1)[0], own.mean(0), atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(batched_kmeans(own[None], torch.ones(1, 30, dtype=torch.bool), 1)[0, 0], own.mean(0), atol=1e-5, rtol=1e-5)
+    batched = batched_kmeans(own[None], torch.ones(1, 30, dtype=torch.bool), 1)
+    torch.testing.assert_close(batched[0, 0], own.mean(0), atol=1e-5, rtol=1e-5)
 
 
 def test_float16_points_are_averaged_in_float32():

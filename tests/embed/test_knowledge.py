@@ -226,9 +226,8 @@ def test_normalize_images():
     mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
     normalized = normalize_images(images, mean, std)
     assert normalized.shape == (2, 3, 8, 8) and normalized.dtype == torch.float32
-    expected = (images.permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(
-        1, 3, 1, 1
-    )
+    pixels = images.permute(0, 3, 1, 2).float() / 255
+    expected = (pixels - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
     torch.testing.assert_close(normalized, expected)
     with pytest.raises(ValueError, match="uint8"):
         normalize_images(images.float(), mean, std)

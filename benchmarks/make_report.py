@@ -1,0 +1,44 @@
+"""Assemble docs/benchmarks.md from the figures the benchmark scripts wrote to benchmarks/results/.
+
+    .venv/bin/python benchmarks/make_report.py     # after running the benchmarks (see benchmarks/run_all.sh)
+"""
+from __future__ import annotations
+
+import os
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SECTIONS = [
+    ("featurize.md", "Featurize: pipeline vs plain loop", ".venv/bin/python benchmarks/bench_featurize.py"),
+    ("kmeans.md", "Knowledge clusters: batched K-Means vs one image at a time", ".venv/bin/python benchmarks/bench_kmeans.py"),
+    ("select.md", "Selection: exact K-Center-Greedy", ".venv/bin/python benchmarks/bench_select.py"),
+    ("pretext.md", "PT4AL pretext training throughput", ".venv/bin/python benchmarks/bench_pretext.py"),
+    ("cluster.md", "Local multi-node cluster vs embedded Ray", ".venv/bin/python benchmarks/bench_cluster.py"),
+    ("gpu.md", "GPU figures", "see the file's own header"),
+]
+
+
+def main() -> None:
+    parts = [
+        "# Benchmarks",
+        "",
+        "Every figure below is a ratio against a baseline run side by side in the same process or run,",
+        "on the machine named in each table. Reproduce all of them with `bash benchmarks/run_all.sh`",
+        "(or one at a time with the command under each heading); this page is rebuilt by",
+        "`benchmarks/make_report.py` from `benchmarks/results/`.",
+        "",
+    ]
+    for filename, title, command in SECTIONS:
+        path = os.path.join(HERE, "results", filename)
+        if not os.path.exists(path):
+            continue
+        with open(path) as handle:
+            body = handle.read().strip()
+        parts += [f"## {title}", "", f"Command: `{command}`", "", body, ""]
+    target = os.path.join(HERE, "..", "docs", "benchmarks.md")
+    with open(target, "w") as handle:
+        handle.write("\n".join(parts))
+    print(f"wrote {os.path.normpath(target)}")
+
+
+if __name__ == "__main__":
+    main()

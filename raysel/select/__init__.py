@@ -1,0 +1,86 @@
+"""Selection: pick the images to label from a feature store.
+
+    from raysel.select import run_selection, select_reference, list_methods
+    from raysel.config import SelectConfig
+
+    table = run_selection(SelectConfig(store="store/", out="selection.parquet", budget=1000))
+
+Methods (`list_methods()`): geal (default; K-Center-Greedy over knowledge
+clusters), coreset (over one embedding per image), random. See docs/selection.md.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+# importing the method modules registers them
+from raysel.select import kcenter_methods, pt4al, random_sampling, uncertainty  # noqa: F401
+from raysel.select.base import Pick, SelectionContext, SelectionMethod, selection_table
+from raysel.select.errors import (
+    BudgetError,
+    CheckpointError,
+    DuplicateUriError,
+    EmptyStoreError,
+    InconsistentVectorsError,
+    InvalidVectorError,
+    LabeledError,
+    SelectionConfigError,
+    SelectionError,
+    UnknownMethodError,
+)
+from raysel.select.kcenter import kcenter_greedy_reference
+from raysel.select.kcenter_driver import kcenter_greedy_batched
+from raysel.select.registry import create_method, get_method, list_methods, register_method
+from raysel.select.runner import resolve_config, run_selection
+
+
+def select_reference(
+    vectors: np.ndarray,
+    uris: Sequence[str],
+    budget: int,
+    distance: str = "cosine",
+    sampling: str = "greedy",
+    labeled: Iterable[str] = (),
+    seed: int = 0,
+    dtype: str = "float32",
+) -> pa.Table:
+    """Single-process K-Center-Greedy on in-memory vectors, one pass per pick (the oracle).
+
+    Args:
+        vectors: [N, K, D] knowledge clusters or [N, D] embeddings, float.
+        uris: [N] unique uris. Other arguments as in `SelectConfig`.
+
+    Returns:
+        The selection table (uri, rank, score) `run_selection` would return for the same rows.
+    """
+    picks = kcenter_greedy_reference(vectors, uris, budget, distance, sampling, labeled, seed, dtype)
+    return selection_table(picks)
+
+
+__all__ = [
+    "BudgetError",
+    "CheckpointError",
+    "DuplicateUriError",
+    "EmptyStoreError",
+    "InconsistentVectorsError",
+    "InvalidVectorError",
+    "LabeledError",
+    "Pick",
+    "SelectionConfigError",
+    "SelectionContext",
+    "SelectionError",
+    "SelectionMethod",
+    "UnknownMethodError",
+    "create_method",
+    "get_method",
+    "kcenter_greedy_batched",
+    "kcenter_greedy_reference",
+    "list_methods",
+    "register_method",
+    "resolve_config",
+    "run_selection",
+    "select_reference",
+    "selection_table",
+]

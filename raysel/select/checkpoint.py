@@ -1,0 +1,81 @@
+"""Resume: the picks so far, saved atomically next to the output as `<out>.checkpoint.json`.
+
+A checkpoint is tied to a fingerprint of everything that decides the picks
+(method, sampling, distance, seed, dtype, labeled uris, the store's files and
+row counts). Budget, shards and candidates are left out on purpose: the picks are
+the same prefix whatever they are, so a rerun with more shards or a bigger budget
+continues too. The checkpoint is removed once the output is written.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+
+from raysel import storage
+from raysel.config import SelectConfig
+from raysel.select.base import Pick
+from raysel.storage import StorageOptions
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SUFFIX = ".checkpoint.json"
+CONFIG_SUFFIX = ".config.json"
+FORMAT_VERSION = 1
+
+
+def checkpoint_uri(out: str) -> str:
+    return out + CHECKPOINT_SUFFIX
+
+
+def config_uri(out: str) -> str:
+    return out + CONFIG_SUFFIX
+
+
+def fingerprint(config: SelectConfig, store_files: list[tuple[str, int]], labeled: list[str]) -> str:
+    """sha256 of what decides the picks (config must be resolved: distance filled in)."""
+    payload = {
+        "version": FORMAT_VERSION,
+        "method": config.method,
+        "sampling": config.sampling,
+        "distance": config.distance,
+        "seed": config.seed,
+        "dtype": config.dtype,
+        "store_files": [[uri.rstrip("/").rsplit("/", 1)[-1], rows] for uri, rows in store_files],
+        "labeled": hashlib.sha256("\n".join(sorted(labeled)).encode()).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass
+class Checkpoint:
+    fingerprint: str
+    picks: list[Pick]
+
+
+def read_checkpoint(out: str, options: StorageOptions | None = None) -> Checkpoint | None:
+    """The checkpoint next to `out`, or None when there is none (or it is unreadable)."""
+    uri = checkpoint_uri(out)
+    if not storage.exists(uri, options):
+        return None
+    try:
+        payload = storage.read_json(uri, options)
+        return Checkpoint(payload["fingerprint"], [Pick(uri_, score) for uri_, score in payload["picks"]])
+    except (ValueError, KeyError, TypeError) as exc:
+        log.warning("ignoring unreadable checkpoint %s: %s", uri, exc)
+        return None
+
+
+def write_checkpoint(out: str, fingerprint_: str, picks: list[Pick], options: StorageOptions | None = None) -> None:
+    storage.write_json_atomic(
+        checkpoint_uri(out),
+        {"version": FORMAT_VERSION, "fingerprint": fingerprint_, "picks": [[p.uri, p.score] for p in picks]},
+        options,
+    )
+
+
+def remove_checkpoint(out: str, options: StorageOptions | None = None) -> None:
+    fs, path = storage.filesystem(checkpoint_uri(out), options)
+    if fs.exists(path):
+        fs.rm(path)

@@ -1,0 +1,142 @@
+"""`pt4al`: PT4AL (Yi et al., ECCV 2022), one active-learning cycle per call.
+
+    raysel select STORE --method pt4al --cycles 10 --cycle 0 --budget 1000 --out c0.parquet
+    raysel select STORE --method pt4al --cycles 10 --cycle 1 --budget 1000 --labeled labels.csv --out c1.parquet
+
+1. The store's `pretext_loss` (`raysel featurize --pretext MODEL`) sorts the pool,
+   hardest first (numerically; ties by uri). The order is cut into `cycles`
+   batches of equal size (the first N mod C batches hold one image more).
+2. Cycle 0 (no model yet): every (|batch| / budget)-th image of batch 0, i.e.
+   positions floor(j * |batch| / budget), j = 0 .. budget-1.
+3. Cycle c >= 1: a main-task classifier trained on all labels so far (a linear
+   head on the store's embeddings, or your own model's `--predictions`) scores
+   batch c; the `budget` images with the lowest top-1 probability are picked.
+
+Already-labeled images are never picked. Scores: the pretext loss in cycle 0,
+the top-1 probability in later cycles.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raysel import schema, storage
+from raysel.config import SelectConfig
+from raysel.select.base import Pick, SelectionContext, SelectionMethod, selection_table
+from raysel.select.errors import BudgetError, DuplicateUriError, EmptyStoreError, SelectionConfigError, SelectionError
+from raysel.select.labels import check_known
+from raysel.select.posteriors import build_posteriors, iter_rows
+from raysel.select.registry import register_method
+from raysel.store import FeatureStore
+
+
+class CycleError(SelectionConfigError):
+    """--cycles below 1, or --cycle outside 0 .. cycles-1."""
+
+
+class PretextLossMissingError(SelectionError):
+    """A feature store without usable `pretext_loss` values."""
+
+
+def pretext_batches(uris: list[str], losses: np.ndarray, cycles: int) -> list[list[str]]:
+    """PT4AL's batches: uris sorted by loss, descending (ties by uri), cut into `cycles` near-equal parts."""
+    order = sorted(range(len(uris)), key=lambda i: (-float(losses[i]), uris[i]))
+    return [[uris[i] for i in part] for part in np.array_split(np.asarray(order, dtype=np.int64), cycles)]
+
+
+def uniform_positions(size: int, budget: int) -> list[int]:
+    """Every (size / budget)-th position of a batch of `size`: floor(j * size / budget), j < budget."""
+    return [j * size // budget for j in range(budget)]
+
+
+def lowest_confidence(uris: list[str], probabilities: np.ndarray, budget: int) -> list[Pick]:
+    """The `budget` uris with the lowest top-1 probability, lowest first (ties by uri)."""
+    confidence = probabilities.max(axis=1) if len(uris) else np.zeros(0)
+    order = sorted(range(len(uris)), key=lambda i: (float(confidence[i]), uris[i]))[:budget]
+    return [Pick(uris[i], float(confidence[i])) for i in order]
+
+
+def read_pretext_losses(store: FeatureStore) -> tuple[list[str], np.ndarray]:
+    """(uris [N], pretext_loss [N] float64) of the whole store."""
+    store.metadata()  # a clear error when `store` is not a feature store
+    uris: list[str] = []
+    losses: list[np.ndarray] = []
+    for shard in store.shard_uris():
+        fs, path = storage.filesystem(shard, store.options)
+        with fs.open(path, "rb") as handle:
+            names = pq.ParquetFile(handle).schema_arrow.names
+        if schema.PRETEXT_LOSS not in names:
+            raise PretextLossMissingError(
+                f"the feature store {store.uri} has no '{schema.PRETEXT_LOSS}' column (shard {shard}): "
+                "train a rotation model (`raysel pretext train`) and featurize with --pretext MODEL"
+            )
+        table = store.read_shard(shard, columns=[schema.URI, schema.PRETEXT_LOSS])
+        uris.extend(table.column(schema.URI).to_pylist())
+        column = table.column(schema.PRETEXT_LOSS)
+        if column.null_count:
+            raise PretextLossMissingError(f"{shard} has rows without a {schema.PRETEXT_LOSS}")
+        losses.append(column.to_numpy(zero_copy_only=False).astype(np.float64))
+    if not uris:
+        raise EmptyStoreError(f"the feature store {store.uri} has no rows")
+    values = np.concatenate(losses)
+    if not np.isfinite(values).all():
+        bad = uris[int(np.argmax(~np.isfinite(values)))]
+        raise PretextLossMissingError(f"{store.uri}: {bad} has a NaN or infinite {schema.PRETEXT_LOSS}")
+    if len(set(uris)) != len(uris):
+        raise DuplicateUriError(f"{store.uri}: a uri appears on more than one row of the store")
+    return uris, values
+
+
+@register_method("pt4al")
+class PT4ALMethod(SelectionMethod):
+    """Pretext-loss batches; uniform in cycle 0, lowest top-1 confidence in later cycles."""
+
+    def validate(self, config: SelectConfig) -> None:
+        if config.cycles < 1:
+            raise CycleError(f"--cycles must be >= 1, got {config.cycles}")
+        if not 0 <= config.cycle < config.cycles:
+            raise CycleError(f"--cycle must be in 0 .. {config.cycles - 1} (--cycles {config.cycles}), got {config.cycle}")
+
+    def select(self, config: SelectConfig, store: FeatureStore, context: SelectionContext) -> pa.Table:
+        self.validate(config)
+        uris, losses = read_pretext_losses(store)
+        known = set(uris)
+        labeled = set(context.labeled)
+        check_known(sorted(labeled), known, f"labeled file {config.labeled!r}")
+        batches = pretext_batches(uris, losses, config.cycles)
+        batch = batches[config.cycle]
+        candidates = [uri for uri in batch if uri not in labeled]
+        if config.budget < 1 or config.budget > len(candidates):
+            raise BudgetError(
+                f"--budget {config.budget} does not fit batch {config.cycle} of {config.cycles}: it holds "
+                f"{len(batch)} images ({len(batch) - len(candidates)} labeled), so the budget must be in "
+                f"1 .. {len(candidates)}; use fewer --cycles or a smaller --budget"
+            )
+        if config.cycle == 0:
+            loss_of = dict(zip(uris, losses))
+            picks = [Pick(candidates[p], float(loss_of[candidates[p]])) for p in uniform_positions(len(candidates), config.budget)]
+            source = "pretext loss"
+        else:
+            posteriors = build_posteriors(config, store, known, "pt4al cycle >= 1")
+            wanted = set(candidates)
+            found_uris: list[str] = []
+            found_probs: list[np.ndarray] = []
+            if posteriors.needs_embeddings:
+                for part, vectors in iter_rows(store, embeddings=True):
+                    rows = [i for i, uri in enumerate(part) if uri in wanted]
+                    if rows:
+                        found_uris.extend(part[i] for i in rows)
+                        found_probs.append(posteriors.predict([part[i] for i in rows], vectors[rows]))
+            else:
+                found_uris = candidates
+                found_probs = [posteriors.predict(candidates, None)]
+            probabilities = np.concatenate(found_probs) if found_probs else np.zeros((0, len(posteriors.classes)))
+            picks = lowest_confidence(found_uris, probabilities, config.budget)
+            source = posteriors.source
+        context.record(picks)
+        context.stats.update(
+            images=len(uris), cycles=config.cycles, cycle=config.cycle, batch_size=len(batch),
+            batch_labeled=len(batch) - len(candidates), scores=source, picks=len(picks),
+        )
+        return selection_table(picks)
