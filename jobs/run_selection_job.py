@@ -48,12 +48,12 @@ if importlib.util.find_spec("raysel") is None:  # run from a checkout that is no
 import yaml
 
 from raysel import __version__, _dataclass_cli, storage
-from raysel.config import FeaturizeConfig, RayConfig, SelectConfig
+from raysel.config import FeaturizeConfig, PretextConfig, RayConfig, SelectConfig
 
 log = logging.getLogger("raysel.job")
 
 SECTIONS: dict[str, type] = {"featurize": FeaturizeConfig, "select": SelectConfig, "ray": RayConfig}
-# Reserved for PT4AL: train the rotation pretext model before featurizing (see pretext_stage).
+# Optional first stage (PT4AL): train the rotation pretext model, then featurize with --pretext.
 PRETEXT_SECTION = "pretext"
 
 # Environment variables whose values must never reach a file or a log line we write.
@@ -69,12 +69,12 @@ class JobConfig:
     featurize: FeaturizeConfig
     select: SelectConfig
     ray: RayConfig
-    pretext: dict[str, Any] | None = None  # the hook; not implemented yet
+    pretext: PretextConfig | None = None  # present: train the rotation model first (PT4AL)
 
     def resolved(self) -> dict[str, Any]:
         sections = {"featurize": asdict(self.featurize), "select": asdict(self.select), "ray": asdict(self.ray)}
         if self.pretext is not None:
-            sections[PRETEXT_SECTION] = dict(self.pretext)
+            sections[PRETEXT_SECTION] = asdict(self.pretext)
         return scrub(sections)
 
 
@@ -94,26 +94,37 @@ def parser() -> argparse.ArgumentParser:
     return parser
 
 
+def pretext_config(section: dict[str, Any], featurize: FeaturizeConfig) -> PretextConfig:
+    """The `pretext:` section: trains on featurize's pool, with featurize's endpoint and seed unless set."""
+    values = {"source": featurize.source, "s3_endpoint": featurize.s3_endpoint, "seed": featurize.seed, **section}
+    if not values.get("out"):
+        raise ValueError("section 'pretext' needs 'out': where the trained rotation model goes (path or s3://)")
+    config = PretextConfig(**values)
+    config.validate()
+    return config
+
+
 def load_sections(path: str) -> dict[str, dict[str, Any]]:
     """The YAML file's sections, with every key checked against its dataclass."""
     with open(path) as handle:
         values = yaml.safe_load(handle) or {}
     if not isinstance(values, dict):
         raise ValueError(f"{path}: expected sections {sorted(SECTIONS)} at the top level")
-    unknown = sorted(set(values) - set(SECTIONS) - {PRETEXT_SECTION})
+    valid = sorted([*SECTIONS, PRETEXT_SECTION])
+    unknown = sorted(set(values) - set(valid))
     if unknown:
-        raise ValueError(f"{path}: unknown sections {unknown}; valid sections: {sorted(SECTIONS)}")
+        raise ValueError(f"{path}: unknown sections {unknown}; valid sections: {valid}")
     sections: dict[str, dict[str, Any]] = {}
     for name, section in values.items():
         section = section or {}
         if not isinstance(section, dict):
             raise ValueError(f"{path}: section {name!r} must be a mapping of option names to values")
         section = {key.replace("-", "_"): value for key, value in section.items()}
-        if name in SECTIONS:
-            known = {f.name for f in fields(SECTIONS[name])}
-            bad = sorted(set(section) - known)
-            if bad:
-                raise ValueError(f"{path}: unknown keys {bad} in section {name!r}; valid keys: {sorted(known)}")
+        cls = PretextConfig if name == PRETEXT_SECTION else SECTIONS[name]
+        known = {f.name for f in fields(cls)}
+        bad = sorted(set(section) - known)
+        if bad:
+            raise ValueError(f"{path}: unknown keys {bad} in section {name!r}; valid keys: {sorted(known)}")
         sections[name] = section
     return sections
 
@@ -137,7 +148,12 @@ def parse_job_config(argv: list[str] | None = None) -> tuple[JobConfig, argparse
     ray_config = _dataclass_cli.build(RayConfig, args, prefix="ray.")
     if select.s3_endpoint is None:
         select.s3_endpoint = featurize.s3_endpoint
-    return JobConfig(featurize, select, ray_config, sections.get(PRETEXT_SECTION)), args
+    pretext = None
+    if PRETEXT_SECTION in sections:
+        pretext = pretext_config(sections[PRETEXT_SECTION], featurize)
+        if featurize.pretext is None:
+            featurize.pretext = pretext.out  # featurize scores every image with the model trained first
+    return JobConfig(featurize, select, ray_config, pretext), args
 
 
 def ray_config_for_this_process(config: RayConfig) -> RayConfig:
@@ -174,17 +190,19 @@ def scrub(value: Any, secrets: list[str] | None = None) -> Any:
 # ----------------------------------------------------------------------------- stages
 
 
-def pretext_stage(job: JobConfig) -> None:
-    """Hook: train the PT4AL rotation pretext model before featurizing.
+def pretext_stage(job: JobConfig, ray_config: RayConfig) -> dict[str, Any]:
+    """PT4AL: train the rotation model on the pool (Ray Train), so featurize stores each image's pretext loss.
 
-    When it lands it trains on `job.featurize.source`, writes a checkpoint and sets
-    `job.featurize.pretext` to it, so featurize adds the pretext_loss column. Until then a
-    `pretext:` section is refused rather than silently ignored.
+    A rerun with the same settings finds the finished model (or its last epoch checkpoint) and
+    does not train again. Returns the training figures for the run summary.
     """
-    raise NotImplementedError(
-        "the 'pretext:' section (training the rotation pretext model inside this job) is not implemented yet; "
-        "train it separately and pass its checkpoint as featurize.pretext"
-    )
+    from raysel.api import train_pretext
+
+    assert job.pretext is not None
+    trained = train_pretext(job.pretext, ray_config)
+    print(trained.lines(), flush=True)
+    return {"images": trained.images, "epochs": trained.epochs, "resumed_from_epoch": trained.resumed_from_epoch,
+            "final_loss": trained.final_loss, "model": job.pretext.out}
 
 
 def sidecar(selection_uri: str, suffix: str) -> str:
@@ -234,9 +252,10 @@ def run(job: JobConfig, progress: bool = False) -> dict[str, Any]:
     cluster = cluster_description()
     log.info("Ray: %d nodes, resources %s", cluster["alive_nodes"], cluster["resources"])
 
+    pretext = None
     if job.pretext is not None:
         clock = time.perf_counter()
-        pretext_stage(job)
+        pretext = pretext_stage(job, ray_config)
         timings["pretext_s"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -263,6 +282,7 @@ def run(job: JobConfig, progress: bool = False) -> dict[str, Any]:
             "budget": job.select.budget,
             "selected": selection.num_rows,
         },
+        "pretext": pretext,
         "timings": timings,
         "featurize_images_per_second": featurized.processed_this_run / timings["featurize_s"] if timings["featurize_s"] > 0 else 0.0,
         "versions": versions(),
@@ -297,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("run_selection_job: interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
         return 130
-    except (ValueError, RuntimeError, FileNotFoundError, PermissionError, NotImplementedError) as exc:
+    except (ValueError, RuntimeError, FileNotFoundError, PermissionError) as exc:
         print(f"run_selection_job: error: {scrub(str(exc))}", file=sys.stderr)
         return 2
     return 0

@@ -4,6 +4,7 @@
     featurize(FeaturizeConfig(source="s3://bucket/images", out="s3://bucket/store"))
     select(SelectConfig(store="s3://bucket/store", budget=1000, out="selection.parquet"))
     train_pretext(PretextConfig(source="s3://bucket/images", out="s3://bucket/pretext.pt"))  # PT4AL, docs/pt4al.md
+    simulate(SimulateConfig(store="pool/", labels="pool.csv", test_store="test/", test_labels="test.csv", out="sim/"))
 """
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import os
 
 import pyarrow as pa
 
-from raysel.config import FeaturizeConfig, PretextConfig, RayConfig, SelectConfig
+from raysel.config import FeaturizeConfig, PretextConfig, RayConfig, ReportConfig, SelectConfig, SimulateConfig
 from raysel.pipeline import FeaturizeSummary
 from raysel.pipeline import featurize as _featurize
 
-__all__ = ["FeaturizeConfig", "SelectConfig", "PretextConfig", "RayConfig", "featurize", "select", "train_pretext", "demo"]
+__all__ = ["FeaturizeConfig", "SelectConfig", "PretextConfig", "RayConfig", "featurize", "select", "train_pretext", "demo",
+           "ReportConfig", "report", "SimulateConfig", "simulate"]
 
 DEMO_MODEL = "test_vit"  # timm's tiny registered ViT: no download, random init
 
@@ -37,6 +39,23 @@ def select(config: SelectConfig, ray_config: RayConfig | None = None) -> pa.Tabl
 
     ensure_ray(ray_config)
     return run_selection(config)
+
+
+def report(config: ReportConfig):
+    """Write the HTML report of a selection (no Ray needed); returns a ReportSummary. See raysel.report."""
+    from raysel.report import build_report
+
+    return build_report(config)
+
+
+def simulate(config: SimulateConfig, ray_config: RayConfig | None = None) -> pa.Table:
+    """Simulated labeling rounds per method and seed; returns the results table. See raysel.simulate."""
+    from raysel.runtime import ensure_ray
+    from raysel.simulate import run_simulation
+
+    config.validate()
+    ensure_ray(ray_config)
+    return run_simulation(config)
 
 
 def demo(out: str, images: int = 48, budget: int = 8, num_cpus: int | None = None) -> pa.Table:

@@ -7,7 +7,7 @@ import os
 import sys
 
 from raysel import _dataclass_cli
-from raysel.config import FeaturizeConfig, PretextConfig, RayConfig, SelectConfig
+from raysel.config import FeaturizeConfig, PretextConfig, RayConfig, ReportConfig, SelectConfig, SimulateConfig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +34,16 @@ def _parser() -> argparse.ArgumentParser:
     _dataclass_cli.add_arguments(pretext_train, RayConfig)
     pretext_train.add_argument("--config", help="YAML file of options (flags win)")
 
+    simulate = commands.add_parser("simulate", help="Evaluate methods by simulated labeling rounds (accuracy vs budget)")
+    _dataclass_cli.add_arguments(simulate, SimulateConfig)
+    _dataclass_cli.add_arguments(simulate, RayConfig)
+    simulate.add_argument("--config", help="YAML file of options (flags win), e.g. an earlier run's DIR/config.yaml")
+
     commands.add_parser("methods", help="List the registered selection methods")
+
+    report = commands.add_parser("report", help="One self-contained HTML page about a selection (contact sheet, coverage, ...)")
+    _dataclass_cli.add_arguments(report, ReportConfig)
+    report.add_argument("--config", help="YAML file of options (flags win)")
 
     demo = commands.add_parser("demo", help="Make a sample pool, featurize it and select from it, all locally")
     demo.add_argument("--out", default="out/demo", help="Folder for the pool, the store and the selection")
@@ -75,7 +84,17 @@ def main(argv: list[str] | None = None) -> int:
             _apply_yaml(pretext._subparsers._group_actions[0].choices["train"], argv, (PretextConfig, RayConfig))  # noqa: SLF001
             args = parser.parse_args(argv)
             return _pretext_train(_dataclass_cli.build(PretextConfig, args), _dataclass_cli.build(RayConfig, args))
+        if args.command == "simulate":
+            _apply_yaml(parser._subparsers._group_actions[0].choices["simulate"], argv, (SimulateConfig, RayConfig))  # noqa: SLF001
+            args = parser.parse_args(argv)
+            return _simulate(_dataclass_cli.build(SimulateConfig, args), _dataclass_cli.build(RayConfig, args))
         args = parser.parse_args(argv)
+        if args.command == "report":
+            from raysel.api import report as _report
+
+            _apply_yaml(parser._subparsers._group_actions[0].choices["report"], argv, (ReportConfig,))  # noqa: SLF001
+            print(_report(_dataclass_cli.build(ReportConfig, parser.parse_args(argv))).lines())
+            return 0
         if args.command == "methods":
             from raysel.select import list_methods
 
@@ -115,6 +134,14 @@ def _pretext_train(config: PretextConfig, ray_config: RayConfig) -> int:
 
     summary = train_pretext(config, ray_config)
     print(summary.lines())
+    return 0
+
+
+def _simulate(config: SimulateConfig, ray_config: RayConfig) -> int:
+    from raysel.api import simulate
+
+    table = simulate(config, ray_config)
+    print(f"{table.num_rows} rounds -> {config.out}/results.parquet, results.csv, accuracy.png, config.yaml")
     return 0
 
 

@@ -93,6 +93,15 @@ class SelectConfig:
         None, "pt4al / uncertainty: your model's class probabilities (.parquet/.csv: 'uri' + prob_0..prob_K-1 "
         "or a list column 'probs'), instead of the built-in linear head on the embeddings"
     )
+    # --- low-budget methods on the embedding: typiclust, probcover (docs/selection.md) ---
+    typiclust_max_clusters: int = _opt(
+        500, "typiclust: most K-Means clusters; the pool is cut into min(labeled + budget, this) (paper's code: 500)"
+    )
+    delta: float | None = _opt(
+        None, "probcover: ball radius on L2-normalized embeddings, in (0, 2]; default: the purity rule"
+    )
+    purity_alpha: float = _opt(0.95, "probcover: the purity rule keeps the largest delta whose balls are this pure")
+    purity_clusters: int = _opt(10, "probcover: K-Means clusters the purity rule measures against (paper: the classes)")
 
     def storage(self) -> StorageOptions:
         return StorageOptions(s3_endpoint=self.s3_endpoint)
@@ -154,6 +163,114 @@ class PretextConfig:
             raise ValueError(f"--schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.shuffle_buffer < 0 or self.max_failures < 0:
             raise ValueError("--shuffle-buffer and --max-failures must be >= 0")
+
+
+@dataclass
+class ReportConfig:
+    """`raysel report STORE_OR_RUN --out report.html`: one self-contained HTML page about a selection."""
+
+    source: str = _opt(
+        "", "Feature store directory, or a run directory holding store/ and selection.parquet (as `raysel demo` writes)",
+        positional=True,
+    )
+    out: str = _opt("", "HTML file to write (local or s3://)", required=True)
+    selection: str | None = _opt(None, "Selection manifest (.parquet); default: selection.parquet of the run directory")
+    labels: str | None = _opt(None, "Labels file (.parquet/.csv: 'uri', 'label'): adds the class histogram of the selection")
+    simulation: str | None = _opt(None, "`raysel simulate` output directory (results.parquet): adds the accuracy plot")
+    max_tiles: int = _opt(500, "Most thumbnails in the contact sheet (the first picks by rank)")
+    thumbnail_size: int = _opt(96, "Thumbnail size in pixels (square, as the model sees the image)")
+    overlays: int = _opt(4, "Knowledge-cluster overlays of the first picks (0: none; needs the store's model)")
+    coverage_vectors: str = _opt("auto", "Coverage curve vectors: 'clusters', 'embedding' or 'auto' (clusters for geal)")
+    coverage_distance: str | None = _opt(None, "Coverage curve distance: 'cosine' or 'euclidean' (default: the selection's)")
+    weights: str | None = _opt(None, "Overlays: checkpoint to load (default: what the store's metadata records)")
+    random_init: bool = _opt(False, "Overlays: random weights seeded as in the store (tests); default: as the store records")
+    s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
+
+    def storage(self) -> StorageOptions:
+        return StorageOptions(s3_endpoint=self.s3_endpoint)
+
+    def validate(self) -> None:
+        if not self.source:
+            raise ValueError("report needs a STORE_OR_RUN (feature store or run directory)")
+        if not self.out:
+            raise ValueError("report needs --out FILE.html")
+        for name in ("max_tiles", "thumbnail_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.overlays < 0:
+            raise ValueError(f"--overlays must be >= 0, got {self.overlays}")
+        if self.coverage_vectors not in ("auto", "clusters", "embedding"):
+            raise ValueError(f"--coverage-vectors must be 'auto', 'clusters' or 'embedding', got {self.coverage_vectors!r}")
+        if self.coverage_distance not in (None, "cosine", "euclidean"):
+            raise ValueError(f"--coverage-distance must be 'cosine' or 'euclidean', got {self.coverage_distance!r}")
+        if self.weights is not None and self.random_init:
+            raise ValueError("pass either --weights or --random-init, not both")
+
+
+@dataclass
+class SimulateConfig:
+    """`raysel simulate STORE --labels L --test-store T --test-labels TL --out DIR`: simulated labeling rounds.
+
+    Each (method, seed) is one curve: round r selects budgets[r] - budgets[r-1] images with the method
+    (`run_selection`, the images labeled so far as --labeled), the oracle reveals their labels, and a
+    linear probe on the frozen embeddings, trained on all labels so far, is scored on the test split.
+    """
+
+    store: str = _opt("", "Pool feature store (local or s3://): the images the methods select from", positional=True)
+    labels: str = _opt("", "Pool labels (.parquet/.csv: 'uri', 'label'), one per pool image: the simulated oracle", required=True)
+    test_store: str = _opt("", "Test split feature store (its 'embedding' is scored)", required=True)
+    test_labels: str = _opt("", "Test split labels (.parquet/.csv: 'uri', 'label'), one per test image", required=True)
+    out: str = _opt("", "Output directory: results.parquet/.csv, accuracy.png, config.yaml, runs/", required=True)
+    methods: str = _opt("random,coreset", "Comma-separated selection methods (see `raysel methods`)")
+    budgets: str = _opt("10,20,40", "Labeled images after each round, strictly increasing (round r labels budgets[r] - budgets[r-1] more)")
+    seeds: str = _opt("0,1,2", "Comma-separated seeds, one curve per (method, seed)")
+    select_options: str | None = _opt(
+        None, "Extra `raysel select` options for every round, as YAML/JSON, e.g. '{distance: euclidean, acquisition: margin}'"
+    )
+    s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
+
+    def storage(self) -> StorageOptions:
+        return StorageOptions(s3_endpoint=self.s3_endpoint)
+
+    def method_list(self) -> list[str]:
+        names = self.methods if isinstance(self.methods, (list, tuple)) else str(self.methods).split(",")
+        return [str(name).strip() for name in names if str(name).strip()]
+
+    def budget_list(self) -> list[int]:
+        return _int_list(self.budgets, "--budgets")
+
+    def seed_list(self) -> list[int]:
+        return _int_list(self.seeds, "--seeds")
+
+    def validate(self) -> None:
+        for name in ("store", "labels", "test_store", "test_labels", "out"):
+            if not getattr(self, name):
+                flag = "STORE" if name == "store" else "--" + name.replace("_", "-")
+                raise ValueError(f"simulate needs {flag}")
+        from raysel.select.registry import get_method  # raises UnknownMethodError listing the valid names
+
+        methods = self.method_list()
+        if not methods:
+            raise ValueError("--methods needs at least one method (see `raysel methods`)")
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"--methods lists a method twice: {methods}")
+        for method in methods:
+            get_method(method)
+        budgets = self.budget_list()
+        if not budgets or budgets[0] < 1 or any(b <= a for a, b in zip(budgets, budgets[1:])):
+            raise ValueError(f"--budgets must be labeled counts >= 1, strictly increasing (e.g. 10,20,40); got {self.budgets!r}")
+        seeds = self.seed_list()
+        if not seeds or len(set(seeds)) != len(seeds):
+            raise ValueError(f"--seeds must list distinct integers (e.g. 0,1,2); got {self.seeds!r}")
+
+
+def _int_list(text: Any, flag: str) -> list[int]:
+    """'10,20,40' (or a YAML list) -> [10, 20, 40]; ValueError naming the flag otherwise."""
+    parts = text if isinstance(text, (list, tuple)) else str(text).split(",")
+    try:
+        return [int(str(part).strip()) for part in parts if str(part).strip()]
+    except ValueError:
+        raise ValueError(f"{flag} must be comma-separated integers, got {text!r}") from None
 
 
 def to_dict(config: Any) -> dict[str, Any]:

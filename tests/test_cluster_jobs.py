@@ -361,9 +361,16 @@ def test_job_config_yaml_sections_flags_and_defaults(tmp_path):
     with pytest.raises(ValueError, match="selct"):
         job.parse_job_config(["--config", str(bad)])
     bad.write_text("featurize: {source: a, out: b}\nselect: {out: c, budget: 1}\npretext: {epochs: 1}\n")
-    parsed, _ = job.parse_job_config(["--config", str(bad)])
-    with pytest.raises(NotImplementedError, match="pretext"):
-        job.pretext_stage(parsed)
+    with pytest.raises(ValueError, match="pretext.*out"):
+        job.parse_job_config(["--config", str(bad)])
+    bad.write_text("featurize: {source: a, out: b}\nselect: {out: c, budget: 1}\npretext: {out: m.pt, epoch: 1}\n")
+    with pytest.raises(ValueError, match="epoch"):
+        job.parse_job_config(["--config", str(bad)])
+
+    pt4al, _ = job.parse_job_config(["--config", str(REPO / "jobs/configs/pt4al.yaml")])
+    assert pt4al.pretext.source == pt4al.featurize.source  # trains on the pool it featurizes
+    assert pt4al.featurize.pretext == pt4al.pretext.out  # and featurize scores with what it trained
+    assert (pt4al.pretext.epochs, pt4al.select.method) == (2, "pt4al")
 
 
 @pytest.mark.pure
@@ -387,3 +394,37 @@ def test_scrub_removes_credentials_from_what_the_job_writes(monkeypatch):
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     assert job.ray_config_for_this_process(job.RayConfig()).address == "auto"
     assert job.ray_config_for_this_process(job.RayConfig(address="ray://head:10001")).address == "ray://head:10001"
+
+
+@pytest.mark.ray
+@pytest.mark.torch
+@pytest.mark.timeout(420)
+def test_job_with_pretext_section_trains_then_featurizes_with_losses_then_selects(ray_session, tmp_path):
+    """pretext: -> featurize (pretext_loss column) -> select --method pt4al, as one embedded job run."""
+    from shape_pool import write_shape_pool
+
+    from raysel.store import FeatureStore
+
+    job = load_job_module()
+    write_shape_pool(tmp_path / "pool", count=16)
+    sections = yaml.safe_load((REPO / "jobs/configs/pt4al.yaml").read_text())
+    sections["pretext"].update(out=str(tmp_path / "pretext.pt"), epochs=1, num_workers=1, batch_size=8)
+    sections["featurize"].update(source=str(tmp_path / "pool"), out=str(tmp_path / "store"))
+    sections["select"].update(out=str(tmp_path / "selection.parquet"), cycles=2, budget=3)
+    sections.pop("ray")
+    config_file = tmp_path / "pt4al.yaml"
+    config_file.write_text(yaml.safe_dump(sections))
+
+    parsed, _ = job.parse_job_config(["--config", str(config_file)])
+    summary = job.run(parsed)
+
+    assert summary["pretext"]["images"] == 16 and summary["pretext"]["epochs"] == 1
+    assert os.path.exists(tmp_path / "pretext.pt") and summary["timings"]["pretext_s"] > 0
+    losses = pa.concat_tables(FeatureStore(str(tmp_path / "store")).iter_tables(columns=["uri", "pretext_loss"]))
+    assert losses.num_rows == 16 and None not in losses.column("pretext_loss").to_pylist()
+    selection = pq.read_table(tmp_path / "selection.parquet")
+    # cycle 0 samples from batch 0: the half of the pool with the highest pretext losses
+    hardest = sorted(zip(losses.column("pretext_loss").to_pylist(), losses.column("uri").to_pylist()), reverse=True)[:8]
+    assert selection.num_rows == 3 and set(selection.column("uri").to_pylist()) <= {uri for _, uri in hardest}
+    written = yaml.safe_load((tmp_path / "selection.config.yaml").read_text())
+    assert written["pretext"]["out"] == str(tmp_path / "pretext.pt")

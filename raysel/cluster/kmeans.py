@@ -259,3 +259,17 @@ def _lloyd(points: torch.Tensor, mask: torch.Tensor, k: int, max_iters: int, tol
 def _squared_norms(points: torch.Tensor) -> torch.Tensor:
     """[..., n] squared Euclidean norms of [..., n, D] points, without a points-sized temporary."""
     return torch.linalg.vector_norm(points, dim=-1).square()
+
+
+def nearest_center(points: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
+    """[n] int64: the index of each point's nearest center (ties: the lowest index), as K-Means assigns it.
+
+    Args:
+        points: [n, D] points (any float dtype; compared in float32, like the kernels above).
+        centers: [K, D] centers, e.g. what `kmeans_single` returns for these points.
+    """
+    if points.ndim != 2 or centers.ndim != 2 or points.shape[1] != centers.shape[1]:
+        raise ValueError(f"points must be [n, D] and centers [K, D]; got {tuple(points.shape)} and {tuple(centers.shape)}")
+    points, centers = points.float(), centers.float()
+    squared = centers.square().sum(1)[None, :] - 2 * points @ centers.T + _squared_norms(points)[:, None]
+    return squared.clamp_min(0).argmin(1)

@@ -6,7 +6,8 @@
     table = run_selection(SelectConfig(store="store/", out="selection.parquet", budget=1000))
 
 Methods (`list_methods()`): geal (default; K-Center-Greedy over knowledge
-clusters), coreset (over one embedding per image), random. See docs/selection.md.
+clusters), coreset (over one embedding per image), random, pt4al, uncertainty,
+typiclust and probcover (low budgets, on the embedding). See docs/selection.md.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 
 # importing the method modules registers them
-from raysel.select import kcenter_methods, pt4al, random_sampling, uncertainty  # noqa: F401
+from raysel.select import kcenter_methods, probcover, pt4al, random_sampling, typiclust, uncertainty  # noqa: F401
 from raysel.select.base import Pick, SelectionContext, SelectionMethod, selection_table
 from raysel.select.errors import (
     BudgetError,
@@ -32,8 +33,10 @@ from raysel.select.errors import (
 )
 from raysel.select.kcenter import kcenter_greedy_reference
 from raysel.select.kcenter_driver import kcenter_greedy_batched
+from raysel.select.probcover import probcover_reference
 from raysel.select.registry import create_method, get_method, list_methods, register_method
 from raysel.select.runner import resolve_config, run_selection
+from raysel.select.typiclust import typiclust_reference
 
 
 def select_reference(
@@ -78,9 +81,11 @@ __all__ = [
     "kcenter_greedy_batched",
     "kcenter_greedy_reference",
     "list_methods",
+    "probcover_reference",
     "register_method",
     "resolve_config",
     "run_selection",
     "select_reference",
     "selection_table",
+    "typiclust_reference",
 ]

@@ -71,11 +71,14 @@ class SelectionMethod(abc.ABC):
         name: set by `register_method`.
         default_distance: the distance used when `--distance` is not given (None: distances unused).
         supports_resume: True when `select` honours `context.resumed` (checkpoints are then written).
+        fingerprint_options: `SelectConfig` fields, besides the common ones, that change the picks
+            (a rerun with other values must not reuse the output).
     """
 
     name: ClassVar[str] = ""
     default_distance: ClassVar[str | None] = None
     supports_resume: ClassVar[bool] = False
+    fingerprint_options: ClassVar[tuple[str, ...]] = ()
 
     def validate(self, config: SelectConfig) -> None:
         """Reject options this method cannot use (called before anything is read)."""

@@ -2,7 +2,7 @@
 
 A checkpoint is tied to a fingerprint of everything that decides the picks
 (method, sampling, distance, seed, dtype, labeled uris, the store's files and
-row counts). Budget, shards and candidates are left out on purpose: the picks are
+row counts, and the method's own `fingerprint_options` such as probcover's delta). Budget, shards and candidates are left out on purpose: the picks are
 the same prefix whatever they are, so a rerun with more shards or a bigger budget
 continues too. The checkpoint is removed once the output is written.
 """
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from raysel import storage
 from raysel.config import SelectConfig
 from raysel.select.base import Pick
+from raysel.select.registry import get_method
 from raysel.storage import StorageOptions
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,9 @@ def fingerprint(config: SelectConfig, store_files: list[tuple[str, int]], labele
         "store_files": [[uri.rstrip("/").rsplit("/", 1)[-1], rows] for uri, rows in store_files],
         "labeled": hashlib.sha256("\n".join(sorted(labeled)).encode()).hexdigest(),
     }
+    options = get_method(config.method).fingerprint_options
+    if options:  # only then, so the fingerprints of methods without such options stay as they were
+        payload["options"] = {name: getattr(config, name) for name in options}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
