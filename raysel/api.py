@@ -59,7 +59,7 @@ def simulate(config: SimulateConfig, ray_config: RayConfig | None = None) -> pa.
 
 
 def demo(out: str, images: int = 48, budget: int = 8, num_cpus: int | None = None) -> pa.Table:
-    """Sample pool -> featurize -> select on an embedded Ray, printing where everything went."""
+    """Sample pool -> featurize -> select -> report on an embedded Ray, printing where everything went."""
     from raysel.sample_pool import make_sample_pool
 
     pool = os.path.join(out, "pool")
@@ -75,4 +75,7 @@ def demo(out: str, images: int = 48, budget: int = 8, num_cpus: int | None = Non
     for row in table.to_pylist()[:budget]:
         score = "first pick" if row["score"] is None else f"{row['score']:.4f}"
         print(f"  {row['rank']:3d}  {score:>10}  {row['uri']}")
+    page = os.path.join(out, "report.html")
+    report(ReportConfig(source=out, out=page))
+    print(f"report: {page} (open it in a browser)")
     return table

@@ -57,6 +57,8 @@ def _top(uris: list[str], score: np.ndarray, acquisition: str, budget: int) -> l
 class UncertaintyMethod(SelectionMethod):
     """Entropy, margin or least-confidence sampling over the whole unlabeled pool."""
 
+    fingerprint_options = ("acquisition", "predictions")
+
     def validate(self, config: SelectConfig) -> None:
         if config.acquisition not in ACQUISITIONS:
             raise SelectionConfigError(f"--acquisition must be one of {', '.join(ACQUISITIONS)}, got {config.acquisition!r}")
