@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Every benchmark, then docs/benchmarks.md from their figures. About 15 minutes on 2 cores.
+# Every benchmark, then docs/benchmarks.md from their figures. About an hour on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 $PY benchmarks/bench_featurize.py
 $PY benchmarks/bench_kmeans.py
 $PY benchmarks/bench_select.py
+$PY benchmarks/bench_select.py --images 600000 --no-per-pick --shards 1,2 --results benchmarks/results/select_large.md
+$PY benchmarks/bench_low_budget.py
 [ -f benchmarks/bench_pretext.py ] && $PY benchmarks/bench_pretext.py
 [ -f benchmarks/bench_cluster.py ] && $PY benchmarks/bench_cluster.py
 $PY benchmarks/make_report.py

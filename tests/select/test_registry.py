@@ -36,15 +36,15 @@ def test_registration_checks_the_class(scratch_registry):
         def select(self, config, store, context) -> pa.Table:
             return pa.table({})
 
-    assert register_method("typiclust")(Concrete) is Concrete
-    assert get_method("typiclust") is Concrete and Concrete.name == "typiclust"
-    assert register_method("typiclust")(Concrete) is Concrete  # re-registering the same class is harmless
+    assert register_method("my_method")(Concrete) is Concrete
+    assert get_method("my_method") is Concrete and Concrete.name == "my_method"
+    assert register_method("my_method")(Concrete) is Concrete  # re-registering the same class is harmless
 
     class Other(Concrete):
         pass
 
     with pytest.raises(ValueError, match="already registered"):
-        register_method("typiclust")(Other)
+        register_method("my_method")(Other)
     with pytest.raises(ValueError, match="lowercase"):
         register_method("Prob Cover")
     with pytest.raises(TypeError, match="subclass of SelectionMethod"):
