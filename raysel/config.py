@@ -182,6 +182,10 @@ class ReportConfig:
     overlays: int = _opt(4, "Knowledge-cluster overlays of the first picks (0: none; needs the store's model)")
     coverage_vectors: str = _opt("auto", "Coverage curve vectors: 'clusters', 'embedding' or 'auto' (clusters for geal)")
     coverage_distance: str | None = _opt(None, "Coverage curve distance: 'cosine' or 'euclidean' (default: the selection's)")
+    coverage_sample: int = _opt(
+        100_000, "Coverage curve: measure a seeded uniform sample of this many pool images when the pool is larger "
+        "(its cost grows with pool x budget); 0: every image"
+    )
     weights: str | None = _opt(None, "Overlays: checkpoint to load (default: what the store's metadata records)")
     random_init: bool = _opt(False, "Overlays: random weights seeded as in the store (tests); default: as the store records")
     s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
@@ -194,6 +198,8 @@ class ReportConfig:
             raise ValueError("report needs a STORE_OR_RUN (feature store or run directory)")
         if not self.out:
             raise ValueError("report needs --out FILE.html")
+        if self.coverage_sample < 0:
+            raise ValueError(f"--coverage-sample must be >= 0, got {self.coverage_sample}")
         for name in ("max_tiles", "thumbnail_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")

@@ -36,7 +36,7 @@ def build_report(config: ReportConfig) -> ReportSummary:
     selection, options = inputs.selection, config.storage()
     sections = [
         contact_sheet_section(selection, config.max_tiles, config.thumbnail_size, options),
-        coverage_section(inputs.store, selection, config.coverage_vectors, config.coverage_distance),
+        coverage_section(inputs.store, selection, config.coverage_vectors, config.coverage_distance, config.coverage_sample),
         class_histogram_section(selection, config.labels, options),
         accuracy_section(config.simulation, options),
         overlay_section(config, inputs.store, inputs.metadata, selection),

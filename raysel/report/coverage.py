@@ -16,6 +16,8 @@ O(N x B x K^2 x D).
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pyarrow.parquet as pq
 
@@ -92,8 +94,22 @@ def choose_vectors(requested: str, requested_distance: str | None, selection: Se
     return column, distance
 
 
-def store_coverage(store: FeatureStore, selection: Selection, column: str, distance: str) -> tuple[np.ndarray, int]:
-    """([B] coverage radius after each pick, pool size) over every image of the store."""
+def in_sample(uris: list[str], fraction: float) -> np.ndarray:
+    """[N] bool: a uniform, seeded-by-content sample of about `fraction` of the uris (the same on every run)."""
+    if fraction >= 1.0:
+        return np.ones(len(uris), dtype=bool)
+    keys = np.array([int.from_bytes(hashlib.blake2b(uri.encode(), digest_size=8).digest(), "big") for uri in uris], dtype=np.uint64)
+    return keys < np.uint64(int(fraction * 2**64))
+
+
+def store_coverage(
+    store: FeatureStore, selection: Selection, column: str, distance: str, sample: int = 0
+) -> tuple[np.ndarray, int]:
+    """([B] coverage radius after each pick, images measured) over the store, or a sample of about `sample` images.
+
+    On a sample the radius is the max over the sampled images: a lower bound of the pool's, exact at pick t
+    whenever the farthest image is in the sample.
+    """
     position = {uri: rank for rank, uri in enumerate(selection.uris)}
     picks: np.ndarray | None = None
     found = 0
@@ -115,13 +131,17 @@ def store_coverage(store: FeatureStore, selection: Selection, column: str, dista
             "was it selected from another store?"
         )
     radii = np.full(len(selection.uris), -np.inf)
+    fraction = sample / store.num_rows() if sample else 1.0
     pool_size = 0
-    for table in store.iter_tables(columns=[column]):
+    for table in store.iter_tables(columns=[schema.URI, column]):
         vectors = _as_3d(vectors_of(table.column(column), VECTOR_NDIM[column]))
+        vectors = vectors[in_sample(table.column(schema.URI).to_pylist(), fraction)]
         if vectors.shape[1:] != picks.shape[1:]:
             raise ReportInputError(f"the store's '{column}' vectors change shape between shards: {vectors.shape[1:]} vs {picks.shape[1:]}")
         np.maximum(radii, coverage_radii(vectors, picks, distance), out=radii)
         pool_size += len(vectors)
+    if pool_size == 0:
+        raise ReportInputError(f"--coverage-sample {sample} drew no image of the pool: raise it (0 measures every image)")
     return radii, pool_size
 
 
@@ -139,16 +159,20 @@ def _as_3d(vectors: np.ndarray) -> np.ndarray:
     return vectors[:, None, :] if vectors.ndim == 2 else vectors
 
 
-def coverage_section(store: FeatureStore, selection: Selection, vectors: str, distance: str | None) -> Section:
+def coverage_section(
+    store: FeatureStore, selection: Selection, vectors: str, distance: str | None, sample: int = 0
+) -> Section:
     columns = store_columns(store)
     column, distance = choose_vectors(vectors, distance, selection, columns)
-    radii, pool_size = store_coverage(store, selection, column, distance)
+    radii, pool_size = store_coverage(store, selection, column, distance, sample)
+    total = store.num_rows()
     picks = np.arange(1, len(radii) + 1)
     figure, axes = new_figure()
     axes.plot(picks, radii, marker="." if len(radii) <= 100 else None)
     axes.set_xlabel("images picked")
     axes.set_ylabel(f"coverage radius ({distance})")
-    axes.set_title(f"max over {pool_size} images of the distance to the nearest pick")
+    measured = f"{pool_size} images" if pool_size == total else f"a sample of {pool_size} of {total} images"
+    axes.set_title(f"max over {measured} of the distance to the nearest pick")
     axes.grid(alpha=0.3)
     what = "knowledge clusters (an image's distance: the max over its clusters)" if column == schema.CLUSTERS else "embeddings"
     shown = [0, len(radii) // 4, len(radii) // 2, len(radii) - 1]
@@ -156,7 +180,9 @@ def coverage_section(store: FeatureStore, selection: Selection, vectors: str, di
     body = (
         f'<p class="note">Vectors: {escape(what)}; distance: {escape(distance)}, computed in float64. '
         f"The radius after t picks is the largest distance from any image of the pool to its nearest picked image; "
-        f"lower is better covered. Radius after picks {escape(values)}.</p>\n"
+        f"lower is better covered. Measured over {escape(measured)}"
+        + (" (a uniform sample: a lower bound of the pool's radius; --coverage-sample 0 measures all)" if pool_size != total else "")
+        + f". Radius after picks {escape(values)}.</p>\n"
         + img(figure_png(figure), "image/png", "coverage curve", id="coverage-plot", data_radii=_json_list(radii))
     )
     return Section("coverage", "Coverage curve", body)

@@ -70,3 +70,20 @@ def test_coverage_with_embeddings_and_euclidean_when_asked(report_run):
     assert "distance: euclidean" in section.body and "Vectors: embeddings" in section.body
     radii, _ = coverage.store_coverage(store, selection, "embedding", "euclidean")
     assert radii[-1] >= 0 and (np.diff(radii) <= 1e-12).all()
+
+
+@pytest.mark.ray
+@pytest.mark.torch
+def test_coverage_on_a_sample_is_a_seeded_lower_bound_of_the_full_pool(report_run):
+    selection = read_selection(report_run.selection)
+    store = FeatureStore(report_run.store)
+    full, pool_size = coverage.store_coverage(store, selection, schema.CLUSTERS, "cosine")
+    half, measured = coverage.store_coverage(store, selection, schema.CLUSTERS, "cosine", sample=pool_size // 2)
+    assert 0 < measured < pool_size
+    assert (half <= full + 1e-12).all()  # a max over fewer images
+    again, _ = coverage.store_coverage(store, selection, schema.CLUSTERS, "cosine", sample=pool_size // 2)
+    np.testing.assert_array_equal(half, again)  # the same sample every time
+    everything, _ = coverage.store_coverage(store, selection, schema.CLUSTERS, "cosine", sample=10 * pool_size)
+    np.testing.assert_array_equal(everything, full)
+    section = coverage.coverage_section(store, selection, "auto", None, sample=pool_size // 2)
+    assert f"a sample of {measured} of {pool_size} images" in section.body
