@@ -48,8 +48,19 @@ def fingerprint(config: SelectConfig, store_files: list[tuple[str, int]], labele
     }
     options = get_method(config.method).fingerprint_options
     if options:  # only then, so the fingerprints of methods without such options stay as they were
-        payload["options"] = {name: getattr(config, name) for name in options}
+        payload["options"] = {name: _option_value(config, name) for name in options}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+# Options naming a file whose contents (labels, probabilities) decide the picks: fingerprinted by content.
+FILE_OPTIONS = ("labeled", "predictions")
+
+
+def _option_value(config: SelectConfig, name: str):
+    value = getattr(config, name)
+    if name in FILE_OPTIONS and value:
+        return hashlib.sha256(storage.read_bytes(value, config.storage())).hexdigest()
+    return value
 
 
 @dataclass

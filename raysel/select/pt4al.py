@@ -92,7 +92,7 @@ def read_pretext_losses(store: FeatureStore) -> tuple[list[str], np.ndarray]:
 class PT4ALMethod(SelectionMethod):
     """Pretext-loss batches; uniform in cycle 0, lowest top-1 confidence in later cycles."""
 
-    fingerprint_options = ("cycles", "cycle", "predictions")
+    fingerprint_options = ("cycles", "cycle", "labeled", "predictions")  # labels: by content
 
     def validate(self, config: SelectConfig) -> None:
         if config.cycles < 1:

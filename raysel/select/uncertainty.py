@@ -57,7 +57,7 @@ def _top(uris: list[str], score: np.ndarray, acquisition: str, budget: int) -> l
 class UncertaintyMethod(SelectionMethod):
     """Entropy, margin or least-confidence sampling over the whole unlabeled pool."""
 
-    fingerprint_options = ("acquisition", "predictions")
+    fingerprint_options = ("acquisition", "labeled", "predictions")  # labels: by content
 
     def validate(self, config: SelectConfig) -> None:
         if config.acquisition not in ACQUISITIONS:

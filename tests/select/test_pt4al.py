@@ -131,7 +131,8 @@ def test_later_cycles_pick_lowest_confidence_of_a_linear_head(make_store, synth,
     assert len(set(labels.values())) >= 2
     labels_file = write_labels(tmp_path / "labels.csv", sorted(labels.items()))
 
-    result = run_selection(config(store, tmp_path, cycle=2, budget=4, labeled=labels_file))
+    cycle_2 = config(store, tmp_path, cycle=2, budget=4, labeled=labels_file)
+    result = run_selection(cycle_2)
 
     rows = [uris.index(u) for u in labeled]
     mean, std = embedding[rows].mean(0), embedding[rows].std(0).clip(1e-6)
@@ -143,6 +144,17 @@ def test_later_cycles_pick_lowest_confidence_of_a_linear_head(make_store, synth,
     expected = [candidates[i] for i in sorted(range(len(candidates)), key=lambda i: (confidence[i], candidates[i]))[:4]]
     assert result.column("uri").to_pylist() == expected
     assert result.column("score").to_pylist() == pytest.approx(sorted(confidence)[:4], abs=1e-4)
+
+    # Corrected labels for the same images, same --out: recomputed, not the stale manifest.
+    flipped = dict(labels)
+    changed = labeled[0]
+    flipped[changed] = next(v for v in labels.values() if v != labels[changed])  # one image relabeled
+    write_labels(tmp_path / "labels.csv", sorted(flipped.items()))
+    again = run_selection(cycle_2)
+    head = LogisticRegression(C=c, max_iter=10_000, tol=1e-10).fit((embedding[rows] - mean) / std, [flipped[u] for u in labeled])
+    confidence = head.predict_proba((embedding[[uris.index(u) for u in candidates]] - mean) / std).max(1)
+    assert again.column("score").to_pylist() == pytest.approx(sorted(confidence)[:4], abs=1e-4)
+    assert again.column("score").to_pylist() != pytest.approx(result.column("score").to_pylist(), abs=1e-4)
 
 
 @pytest.mark.pure
