@@ -19,7 +19,13 @@ ImageNet (1.28M images from S3) on the AWS cluster of cluster.yaml (8 GPU nodes)
         --runtime-env-json '{"excludes": [".venv", "out", ".git", "*.egg-info"]}' \\
         -- python jobs/run_selection_job.py --config jobs/configs/imagenet.yaml
 
-Every option of the YAML file's sections can be overridden by a flag named after its section:
+PT4AL first (a `pretext:` section: train the rotation model with Ray Train, then featurize with its
+losses in the store, then `select` with `method: pt4al`):
+
+    raysel sample-pool /tmp/raysel-pt4al/pool --images 48
+    python jobs/run_selection_job.py --config jobs/configs/pt4al.yaml
+
+Every option of the featurize/select/ray sections can be overridden by a flag named after its section:
 `--select.budget 500`, `--featurize.batch-size 64`, `--ray.address auto`. Rerun the same command
 after a crash: finished feature-store shards are kept and the selection resumes from its checkpoint.
 
