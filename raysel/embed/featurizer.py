@@ -71,7 +71,7 @@ class Featurizer:
             torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
-            pixels = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
+            pixels = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(self.device, non_blocking=True)  # Ray hands read-only arrays
             tokens = extract_tokens(self.model, normalize_images(pixels, self.spec.mean, self.spec.std))
             kept_features, num_kept = pack_kept_patches(tokens.patch_features, tokens.cls_attention, self.tau)
         out = {key: value for key, value in batch.items() if key != IMAGE}

@@ -45,7 +45,7 @@ class PretextScorer:
         if len(images) == 0:
             return np.zeros(0, dtype=np.float32)
         with torch.inference_mode():
-            pixels = torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+            pixels = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(self.device)  # Ray hands read-only arrays
             size = self.spec.image_size
             if pixels.shape[1:3] != (size, size):
                 resized = F.interpolate(
