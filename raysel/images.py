@@ -11,8 +11,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 
 from raysel import schema, storage
@@ -69,14 +67,9 @@ def list_images(source: str, options: StorageOptions | None = None) -> list[str]
 def read_manifest(source: str, options: StorageOptions | None = None) -> list[str]:
     """URIs listed in a .parquet/.csv manifest's `uri` column, validated."""
     try:
-        raw = storage.read_bytes(source, options)
+        table = storage.read_table_file(source, options, string_columns=(schema.URI,))
     except FileNotFoundError as exc:
         raise ManifestError(f"manifest {source!r} does not exist") from exc
-    try:
-        if source.lower().endswith(".csv"):
-            table = pacsv.read_csv(io.BytesIO(raw), convert_options=pacsv.ConvertOptions(column_types={schema.URI: pa.string()}))
-        else:
-            table = pq.read_table(io.BytesIO(raw))
     except (pa.ArrowInvalid, OSError) as exc:
         raise ManifestError(f"manifest {source!r} is not a readable {source.rsplit('.', 1)[-1]} file: {exc}") from exc
     if schema.URI not in table.column_names:

@@ -16,6 +16,7 @@ from typing import Any
 
 import fsspec
 import pyarrow as pa
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 
@@ -102,6 +103,18 @@ def read_parquet(uri: str, options: StorageOptions | None = None, columns: list[
     fs, path = filesystem(uri, options)
     with fs.open(path, "rb") as handle:
         return pq.read_table(handle, columns=columns)
+
+
+def read_table_file(uri: str, options: StorageOptions | None = None, string_columns: tuple[str, ...] = ()) -> pa.Table:
+    """A .csv file (with `string_columns` read as strings, not guessed) or else a Parquet file, as a table.
+
+    Raises FileNotFoundError for a missing file, pa.ArrowInvalid or OSError for an unreadable one.
+    """
+    raw = read_bytes(uri, options)
+    if uri.lower().endswith(".csv"):
+        convert = pacsv.ConvertOptions(column_types={name: pa.string() for name in string_columns})
+        return pacsv.read_csv(io.BytesIO(raw), convert_options=convert)
+    return pq.read_table(io.BytesIO(raw))
 
 
 def write_json_atomic(uri: str, payload: Any, options: StorageOptions | None = None) -> None:

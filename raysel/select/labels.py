@@ -10,15 +10,12 @@ Errors name the file, the row or uri, and what to fix; all are `SelectionError`s
 """
 from __future__ import annotations
 
-import io
 import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from raysel import schema, storage
 from raysel.select.errors import LabeledError, SelectionError
@@ -68,14 +65,9 @@ def read_table(uri: str, options: StorageOptions | None = None, what: str = "fil
     if not uri.lower().endswith((".parquet", ".csv")):
         raise LabeledError(f"{what} {uri!r} must be a .parquet or .csv file")
     try:
-        raw = storage.read_bytes(uri, options)
+        return storage.read_table_file(uri, options, string_columns=(schema.URI,))
     except FileNotFoundError as exc:
         raise LabeledError(f"{what} {uri!r} does not exist") from exc
-    try:
-        if uri.lower().endswith(".csv"):
-            options_ = pacsv.ConvertOptions(column_types={schema.URI: pa.string()})
-            return pacsv.read_csv(io.BytesIO(raw), convert_options=options_)
-        return pq.read_table(io.BytesIO(raw))
     except (pa.ArrowInvalid, OSError) as exc:
         raise LabeledError(f"{what} {uri!r} is not a readable table: {exc}") from exc
 
