@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from raysel.select.embedding_pool import make_pool
-from raysel.select.pool_kmeans import seeded_kmeans
-from raysel.select.probcover import normalized, probcover_picks, purity_delta
-from raysel.select.typiclust import typiclust_picks
+from raysel.select.pool.embedding_pool import make_pool
+from raysel.select.pool.kmeans import seeded_kmeans
+from raysel.select.methods.probcover import normalized, probcover_picks, purity_delta
+from raysel.select.methods.typiclust import typiclust_picks
 
 
 def main() -> None:

@@ -102,7 +102,7 @@ def cpu_seconds() -> float:
 
 
 def load_all(store_path: str) -> tuple[list[str], np.ndarray]:
-    from raysel.select.store_rows import load_rows, plan_shards
+    from raysel.select.pool.store_rows import load_rows, plan_shards
     from raysel.store import FeatureStore
 
     store = FeatureStore(store_path)
@@ -113,7 +113,7 @@ def load_all(store_path: str) -> tuple[list[str], np.ndarray]:
 def first_pick(uris: list[str], seed: int) -> int:
     """The seeded uniform first image raysel picks (the same function, for every variant)."""
     from raysel.select import draws
-    from raysel.select.kcenter import uri_ranks
+    from raysel.select.kcenter.kernel import uri_ranks
 
     keys = draws.uniform_keys(draws.uri_hashes(uris), seed, draws.FIRST_PICK_STREAM)[:, 0]
     return int(np.lexsort((uri_ranks(uris), keys))[0])

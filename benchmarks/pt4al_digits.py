@@ -90,8 +90,8 @@ def active_learning(work: str, uris: list[str], images: np.ndarray, labels: np.n
 
     from raysel.config import SelectConfig
     from raysel.select import run_selection
-    from raysel.select.labels import LabeledSet
-    from raysel.select.probe import fit_linear_probe
+    from raysel.select.supervision.labels import LabeledSet
+    from raysel.select.supervision.probe import fit_linear_probe
     from raysel.store import write_store
 
     features = images.reshape(len(images), -1).astype(np.float32) / 255.0

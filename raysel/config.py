@@ -253,15 +253,11 @@ class SimulateConfig:
             if not getattr(self, name):
                 flag = "STORE" if name == "store" else "--" + name.replace("_", "-")
                 raise ValueError(f"simulate needs {flag}")
-        from raysel.select.registry import get_method  # raises UnknownMethodError listing the valid names
-
         methods = self.method_list()
         if not methods:
             raise ValueError("--methods needs at least one method (see `raysel methods`)")
         if len(set(methods)) != len(methods):
             raise ValueError(f"--methods lists a method twice: {methods}")
-        for method in methods:
-            get_method(method)
         budgets = self.budget_list()
         if not budgets or budgets[0] < 1 or any(b <= a for a, b in zip(budgets, budgets[1:])):
             raise ValueError(f"--budgets must be labeled counts >= 1, strictly increasing (e.g. 10,20,40); got {self.budgets!r}")

@@ -1,6 +1,6 @@
 """Section 3: how many selected images fall in each class, against what a random pick would give.
 
-Labels come from a labels file (`uri`, `label`; raysel.select.labels). The
+Labels come from a labels file (`uri`, `label`; raysel.select.supervision.labels). The
 expected count of a class is budget x its share of the labels file: what a
 uniform random sample of the labelled images would hold on average.
 """
@@ -13,7 +13,7 @@ import numpy as np
 
 from raysel.report.inputs import Selection
 from raysel.report.page import Section, absent, escape, figure_png, img, new_figure, table
-from raysel.select.labels import read_labels
+from raysel.select.supervision.labels import read_labels
 from raysel.storage import StorageOptions
 
 

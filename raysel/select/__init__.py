@@ -16,8 +16,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pyarrow as pa
 
-# importing the method modules registers them
-from raysel.select import kcenter_methods, probcover, pt4al, random_sampling, typiclust, uncertainty  # noqa: F401
+from raysel.select import methods  # noqa: F401  (importing the method modules registers them)
 from raysel.select.base import Pick, SelectionContext, SelectionMethod, selection_table
 from raysel.select.errors import (
     BudgetError,
@@ -31,12 +30,12 @@ from raysel.select.errors import (
     SelectionError,
     UnknownMethodError,
 )
-from raysel.select.kcenter import kcenter_greedy_reference
-from raysel.select.kcenter_driver import kcenter_greedy_batched
-from raysel.select.probcover import probcover_reference
+from raysel.select.kcenter.kernel import kcenter_greedy_reference
+from raysel.select.kcenter.driver import kcenter_greedy_batched
+from raysel.select.methods.probcover import probcover_reference
 from raysel.select.registry import create_method, get_method, list_methods, register_method
 from raysel.select.runner import resolve_config, run_selection
-from raysel.select.typiclust import typiclust_reference
+from raysel.select.methods.typiclust import typiclust_reference
 
 
 def select_reference(

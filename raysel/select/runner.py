@@ -23,9 +23,9 @@ from raysel.select import checkpoint
 from raysel.select.base import Pick, SelectionContext
 from raysel.select.distances import check_distance, storage_dtype
 from raysel.select.errors import BudgetError, SelectionConfigError
-from raysel.select.labeled import read_labeled
+from raysel.select.supervision.labeled import read_labeled
 from raysel.select.registry import get_method
-from raysel.select.store_rows import file_row_counts
+from raysel.select.pool.store_rows import file_row_counts
 from raysel.store import FeatureStore
 
 log = logging.getLogger(__name__)

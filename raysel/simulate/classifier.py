@@ -13,8 +13,8 @@ from typing import Iterator
 import numpy as np
 
 from raysel.select.errors import DuplicateUriError, InconsistentVectorsError
-from raysel.select.posteriors import iter_rows
-from raysel.select.probe import fit_linear_probe
+from raysel.select.supervision.posteriors import iter_rows
+from raysel.select.supervision.probe import fit_linear_probe
 from raysel.simulate.errors import EmptyTestSplitError
 from raysel.store import FeatureStore
 

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 
 from raysel import schema, storage
-from raysel.select.labels import read_labels
+from raysel.select.supervision.labels import read_labels
 from raysel.simulate.errors import OracleLabelsError
 from raysel.storage import StorageOptions
 

@@ -25,7 +25,7 @@ import numpy as np
 from raysel import schema, storage
 from raysel.config import SelectConfig
 from raysel.select import run_selection
-from raysel.select.labels import LabelsMissingError, SingleClassError
+from raysel.select.supervision.labels import LabelsMissingError, SingleClassError
 from raysel.simulate.classifier import probe_accuracy
 from raysel.simulate.errors import SimulationError
 from raysel.simulate.oracle import Oracle

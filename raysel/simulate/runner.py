@@ -18,6 +18,7 @@ import yaml
 
 from raysel import __version__, storage
 from raysel.config import SelectConfig, SimulateConfig, to_dict
+from raysel.select.registry import get_method
 from raysel.simulate.classifier import read_embeddings, single_threaded_torch
 from raysel.simulate.errors import OracleLabelsError, ResultsMismatchError, SelectOptionsError, SimulationBudgetError
 from raysel.simulate.oracle import Oracle, read_oracle_labels
@@ -90,6 +91,8 @@ def run_simulation(config: SimulateConfig) -> pa.Table:
     """
     started = time.time()
     config.validate()
+    for method in config.method_list():
+        get_method(method)  # raises UnknownMethodError listing the valid names
     select_options = parse_select_options(config.select_options)
     budgets, methods, seeds = config.budget_list(), config.method_list(), config.seed_list()
     options = config.storage()

@@ -122,7 +122,7 @@ def test_featurize_pretext_stores_each_images_rotation_loss(pool, trained, store
 
 def test_pt4al_cycles_with_an_oracle(pool, store, tmp_path):
     from raysel.select import run_selection
-    from raysel.select.pt4al import pretext_batches, read_pretext_losses
+    from raysel.select.methods.pt4al import pretext_batches, read_pretext_losses
 
     _, oracle = pool
     batches = pretext_batches(*read_pretext_losses(FeatureStore(store)), CYCLES)

@@ -12,9 +12,9 @@ import pytest
 from raysel.cli import main
 from raysel.config import SelectConfig
 from raysel.select import BudgetError, InvalidVectorError, SelectionConfigError, run_selection
-from raysel.select import ball_graph
-from raysel.select.ball_graph import ball_neighbours, distance_to_other_cluster
-from raysel.select.probcover import NoPureDeltaError, probcover_reference, purity, purity_delta
+from raysel.select.pool import ball_graph
+from raysel.select.pool.ball_graph import ball_neighbours, distance_to_other_cluster
+from raysel.select.methods.probcover import NoPureDeltaError, probcover_reference, purity, purity_delta
 
 # Points on a line: 0..4, 10..12, 20. With delta 1.5 a ball holds the point and its direct neighbours.
 LINE = [0, 1, 2, 3, 4, 10, 11, 12, 20]

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 from raysel.config import SelectConfig
 from raysel.select import BudgetError, run_selection
-from raysel.select.labels import LabelsMissingError, PredictionsError, SingleClassError, UnknownUriError
-from raysel.select.pt4al import (
+from raysel.select.supervision.labels import LabelsMissingError, PredictionsError, SingleClassError, UnknownUriError
+from raysel.select.methods.pt4al import (
     CycleError,
     PretextLossMissingError,
     lowest_confidence,

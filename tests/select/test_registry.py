@@ -6,8 +6,9 @@ import pytest
 
 from raysel.select import SelectionMethod, UnknownMethodError, create_method, get_method, list_methods, register_method
 from raysel.select import registry
-from raysel.select.kcenter_methods import CoresetMethod, GealMethod
-from raysel.select.random_sampling import RandomMethod
+from raysel.select.methods.coreset import CoresetMethod
+from raysel.select.methods.geal import GealMethod
+from raysel.select.methods.random_sampling import RandomMethod
 
 pytestmark = pytest.mark.pure
 

@@ -13,7 +13,7 @@ import pytest
 from raysel.config import SelectConfig
 from raysel.select import kcenter_greedy_reference, run_selection, select_reference
 from raysel.select.base import picks_of
-from raysel.select.kcenter_driver import run_kcenter
+from raysel.select.kcenter.driver import run_kcenter
 from raysel.store import FeatureStore
 
 pytestmark = pytest.mark.ray
@@ -70,7 +70,7 @@ def test_rerun_after_killed_driver_continues_to_the_same_selection(ray_session, 
 def test_prob_sampling_resumes_from_a_checkpoint(ray_session, tmp_path, make_store, synth):
     from raysel.select import checkpoint
     from raysel.select.runner import resolve_config
-    from raysel.select.store_rows import file_row_counts
+    from raysel.select.pool.store_rows import file_row_counts
 
     uris = synth.uris(300, seed=3)
     vectors = synth.vectors(300, 3, 8, seed=3)
@@ -98,8 +98,8 @@ def test_checkpoint_of_another_configuration_is_ignored(ray_session, tmp_path, m
 
 
 def test_killed_shard_actor_is_restarted_and_replayed(ray_session, synth, make_store):
-    from raysel.select.shard_actor import RayShardGroup
-    from raysel.select.store_rows import plan_shards
+    from raysel.select.kcenter.shard_actor import RayShardGroup
+    from raysel.select.pool.store_rows import plan_shards
 
     uris = synth.uris(900, seed=2)
     vectors = synth.vectors(900, 3, 8, seed=2)

@@ -139,9 +139,9 @@ def test_rerun_of_a_finished_selection_returns_it(ray_session, tmp_path, make_st
     uris, vectors, embedding = pool
     store = make_store(synth.table(uris, vectors, embedding))
     table, out = run(tmp_path, store, budget=10)
-    from raysel.select import kcenter_methods
+    from raysel.select.methods import geal
 
-    monkeypatch.setattr(kcenter_methods.GealMethod, "select", lambda *a: pytest.fail("recomputed"))
+    monkeypatch.setattr(geal.GealMethod, "select", lambda *a: pytest.fail("recomputed"))
     again, _ = run(tmp_path, store, budget=10, shards=2)  # shards do not change the picks
     assert again.equals(table)
 

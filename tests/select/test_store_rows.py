@@ -6,7 +6,7 @@ import pyarrow as pa
 import pytest
 
 from raysel.select.errors import EmptyStoreError, InconsistentVectorsError
-from raysel.select.store_rows import load_rows, plan_shards
+from raysel.select.pool.store_rows import load_rows, plan_shards
 from raysel.store import FeatureStore, FeatureStoreError
 
 pytestmark = pytest.mark.pure

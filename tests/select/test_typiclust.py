@@ -11,9 +11,10 @@ import pytest
 from raysel.cli import main
 from raysel.config import SelectConfig
 from raysel.select import BudgetError, LabeledError, SelectionConfigError, run_selection
-from raysel.select import pool_kmeans, typiclust
-from raysel.select.pool_kmeans import seeded_kmeans
-from raysel.select.typiclust import typicality, typiclust_reference
+from raysel.select.pool import kmeans as pool_kmeans
+from raysel.select.methods import typiclust
+from raysel.select.pool.kmeans import seeded_kmeans
+from raysel.select.methods.typiclust import typicality, typiclust_reference
 
 
 def on_a_line(xs) -> np.ndarray:

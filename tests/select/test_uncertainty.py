@@ -10,8 +10,8 @@ import pytest
 
 from raysel.config import SelectConfig
 from raysel.select import BudgetError, SelectionConfigError, run_selection
-from raysel.select.labels import LabelsMissingError, SingleClassError, UnknownUriError
-from raysel.select.uncertainty import acquisition_scores, most_uncertain
+from raysel.select.supervision.labels import LabelsMissingError, SingleClassError, UnknownUriError
+from raysel.select.methods.uncertainty import acquisition_scores, most_uncertain
 
 DIMS = 6
 

@@ -25,9 +25,9 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from raysel.select import distances
-from raysel.select.kcenter import CenterBatch, Draw, KCenterShard, Proposal
-from raysel.select.kcenter_driver import ShardGroup, ShardSummary
-from raysel.select.store_rows import RowSlice, describe, load_rows
+from raysel.select.kcenter.kernel import CenterBatch, Draw, KCenterShard, Proposal
+from raysel.select.kcenter.driver import ShardGroup, ShardSummary
+from raysel.select.pool.store_rows import RowSlice, describe, load_rows
 from raysel.storage import StorageOptions
 from raysel.store import FeatureStore
 

@@ -1,8 +1,4 @@
-"""`geal` and `coreset`: K-Center-Greedy over shard actors (GEAL Algorithm 1; Sener & Savarese 2018).
-
-geal     knowledge clusters (`clusters`, K per image), cosine by default.
-coreset  one global embedding per image (`embedding`, K = 1), euclidean by default.
-"""
+"""The method base of `geal` and `coreset`: K-Center-Greedy over the vectors of one column, on shard actors."""
 from __future__ import annotations
 
 from typing import ClassVar
@@ -14,10 +10,9 @@ from raysel.config import SelectConfig
 from raysel.select.base import SelectionContext, SelectionMethod, selection_table
 from raysel.select.distances import check_distance, storage_dtype
 from raysel.select.errors import SelectionConfigError
-from raysel.select.kcenter import SAMPLINGS
-from raysel.select.kcenter_driver import check_budget, run_kcenter
-from raysel.select.store_rows import plan_shards
-from raysel.select.registry import register_method
+from raysel.select.kcenter.kernel import SAMPLINGS
+from raysel.select.kcenter.driver import check_budget, run_kcenter
+from raysel.select.pool.store_rows import plan_shards
 from raysel.store import FeatureStore
 
 
@@ -39,7 +34,7 @@ class KCenterMethod(SelectionMethod):
 
     def select(self, config: SelectConfig, store: FeatureStore, context: SelectionContext) -> pa.Table:
         from raysel.runtime import ensure_ray
-        from raysel.select.shard_actor import RayShardGroup
+        from raysel.select.kcenter.shard_actor import RayShardGroup
 
         distance = config.distance or self.default_distance
         plan = plan_shards(store, config.shards)
@@ -63,19 +58,3 @@ class KCenterMethod(SelectionMethod):
         finally:
             group.close()
         return selection_table(picks)
-
-
-@register_method("geal")
-class GealMethod(KCenterMethod):
-    """GEAL / FreeSel: K-Center-Greedy over each image's knowledge clusters (max over its clusters)."""
-
-    column = schema.CLUSTERS
-    default_distance = "cosine"
-
-
-@register_method("coreset")
-class CoresetMethod(KCenterMethod):
-    """Core-Set: K-Center-Greedy over one global embedding per image."""
-
-    column = schema.EMBEDDING
-    default_distance = "euclidean"

@@ -35,7 +35,7 @@ from raysel.select.errors import (
     LabeledError,
     SelectionConfigError,
 )
-from raysel.select.kcenter import (
+from raysel.select.kcenter.kernel import (
     SAMPLINGS,
     CenterBatch,
     Draw,

@@ -35,9 +35,9 @@ import pyarrow as pa
 
 from raysel.config import SelectConfig
 from raysel.select.base import Pick, SelectionContext, SelectionMethod, selection_table
-from raysel.select.embedding_pool import EmbeddingPool, make_pool, read_pool
+from raysel.select.pool.embedding_pool import EmbeddingPool, make_pool, read_pool
 from raysel.select.errors import SelectionConfigError
-from raysel.select.pool_kmeans import seeded_kmeans
+from raysel.select.pool.kmeans import seeded_kmeans
 from raysel.select.registry import register_method
 from raysel.store import FeatureStore
 

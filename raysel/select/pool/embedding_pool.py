@@ -19,8 +19,8 @@ from raysel.select.errors import (
     InconsistentVectorsError,
     InvalidVectorError,
 )
-from raysel.select.labels import check_known
-from raysel.select.posteriors import iter_rows
+from raysel.select.supervision.labels import check_known
+from raysel.select.supervision.posteriors import iter_rows
 from raysel.store import FeatureStore
 
 

@@ -25,8 +25,8 @@ from raysel import schema, storage
 from raysel.config import SelectConfig
 from raysel.select.base import Pick, SelectionContext, SelectionMethod, selection_table
 from raysel.select.errors import BudgetError, DuplicateUriError, EmptyStoreError, SelectionConfigError, SelectionError
-from raysel.select.labels import check_known
-from raysel.select.posteriors import build_posteriors, iter_rows
+from raysel.select.supervision.labels import check_known
+from raysel.select.supervision.posteriors import build_posteriors, iter_rows
 from raysel.select.registry import register_method
 from raysel.store import FeatureStore
 

@@ -34,11 +34,11 @@ import numpy as np
 import pyarrow as pa
 
 from raysel.config import SelectConfig
-from raysel.select.ball_graph import ball_neighbours, distance_to_other_cluster, gather
+from raysel.select.pool.ball_graph import ball_neighbours, distance_to_other_cluster, gather
 from raysel.select.base import Pick, SelectionContext, SelectionMethod, selection_table
-from raysel.select.embedding_pool import EmbeddingPool, make_pool, read_pool
+from raysel.select.pool.embedding_pool import EmbeddingPool, make_pool, read_pool
 from raysel.select.errors import InvalidVectorError, SelectionConfigError
-from raysel.select.pool_kmeans import seeded_kmeans
+from raysel.select.pool.kmeans import seeded_kmeans
 from raysel.select.registry import register_method
 from raysel.store import FeatureStore
 

@@ -16,7 +16,7 @@ import numpy as np
 from raysel import schema
 from raysel.config import SelectConfig
 from raysel.select.errors import DuplicateUriError, EmptyStoreError, InconsistentVectorsError
-from raysel.select.labels import (
+from raysel.select.supervision.labels import (
     LabelsMissingError,
     PredictionsError,
     SingleClassError,
@@ -27,7 +27,7 @@ from raysel.select.labels import (
 from raysel.store import FeatureStore, FeatureStoreError, vectors_of
 
 if TYPE_CHECKING:  # torch is imported only when a linear head is trained
-    from raysel.select.probe import LinearProbe
+    from raysel.select.supervision.probe import LinearProbe
 
 
 def iter_rows(store: FeatureStore, embeddings: bool) -> Iterator[tuple[list[str], np.ndarray | None]]:
@@ -126,7 +126,7 @@ def build_posteriors(config: SelectConfig, store: FeatureStore, known: set[str],
                 features[wanted[uri]] = vectors[row]
     if features is None or not np.isfinite(features).all():
         raise InconsistentVectorsError(f"{store.uri}: the labeled images' embeddings are missing or not finite")
-    from raysel.select.probe import fit_linear_probe
+    from raysel.select.supervision.probe import fit_linear_probe
 
     probe = fit_linear_probe(features, targets, len(classes))
     return Posteriors(classes=classes, source="linear head", probe=probe, labeled=labeled.uris)

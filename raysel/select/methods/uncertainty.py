@@ -21,8 +21,8 @@ import pyarrow as pa
 from raysel.config import SelectConfig
 from raysel.select.base import Pick, SelectionContext, SelectionMethod, selection_table
 from raysel.select.errors import BudgetError, SelectionConfigError
-from raysel.select.labels import check_known
-from raysel.select.posteriors import build_posteriors, iter_rows, store_uris
+from raysel.select.supervision.labels import check_known
+from raysel.select.supervision.posteriors import build_posteriors, iter_rows, store_uris
 from raysel.select.registry import register_method
 from raysel.store import FeatureStore
 
