@@ -44,12 +44,15 @@ class FeaturizeConfig:
     batch_size: int = _opt(32, "Images per model batch")
     chunk_size: int = _opt(512, "Images per work chunk: the unit of output shards and of resume")
     model_actors: int | None = _opt(None, "Model actors (default: one per GPU, else 1)")
-    kmeans_actors: int = _opt(1, "Knowledge-cluster K-Means actors")
+    kmeans_actors: int | None = _opt(
+        None, "Knowledge-cluster K-Means actors (default: 1 on CPU clusters; 0 on GPU clusters = K-Means on the model's GPU)"
+    )
     decode_threads: int = _opt(8, "Concurrent object reads per decode task")
     max_image_pixels: int = _opt(89_478_485, "Reject larger images (decompression-bomb guard)")
     seed: int = _opt(0, "Seed for everything random")
     s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
     pretext: str | None = _opt(None, "Rotation pretext checkpoint: adds a pretext_loss column (PT4AL)")
+    stall_timeout: float = _opt(600.0, "Stop with an error after this many seconds without progress (0: wait forever)")
 
     def storage(self) -> StorageOptions:
         return StorageOptions(s3_endpoint=self.s3_endpoint)
@@ -61,11 +64,15 @@ class FeaturizeConfig:
             raise ValueError("featurize needs --out STORE")
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"--tau must be in (0, 1], got {self.tau}")
-        for name in ("clusters", "kmeans_iters", "batch_size", "chunk_size", "kmeans_actors", "decode_threads"):
+        for name in ("clusters", "kmeans_iters", "batch_size", "chunk_size", "decode_threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.model_actors is not None and self.model_actors < 1:
             raise ValueError(f"--model-actors must be >= 1, got {self.model_actors}")
+        if self.kmeans_actors is not None and self.kmeans_actors < 0:
+            raise ValueError(f"--kmeans-actors must be >= 0, got {self.kmeans_actors}")
+        if self.stall_timeout < 0:
+            raise ValueError(f"--stall-timeout must be >= 0 seconds, got {self.stall_timeout}")
 
 
 @dataclass

@@ -6,6 +6,7 @@ image cannot take good images of the same batch down with it.
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +18,8 @@ from raysel import schema, storage
 from raysel.storage import StorageError, StorageOptions
 
 MANIFEST_SUFFIXES = (".parquet", ".csv")
+
+log = logging.getLogger(__name__)
 
 
 class ManifestError(ValueError):
@@ -84,9 +87,18 @@ def read_manifest(source: str, options: StorageOptions | None = None) -> list[st
         if "://" in uri and not uri.startswith(("s3://", "file://")):
             raise ManifestError(f"manifest {source!r}: row {row} has unsupported URI {uri!r} (local paths and s3:// only)")
     if len(set(uris)) != len(uris):
+        # A repeated URI is one image: featurizing it twice would put it twice in the store.
         seen: set[str] = set()
-        duplicate = next(u for u in uris if u in seen or seen.add(u))
-        raise ManifestError(f"manifest {source!r} lists {duplicate!r} more than once")
+        unique = [u for u in uris if not (u in seen or seen.add(u))]
+        counts: dict[str, int] = {}
+        for uri in uris:
+            counts[uri] = counts.get(uri, 0) + 1
+        repeated = [u for u, n in counts.items() if n > 1]
+        log.warning(
+            "manifest %r lists %d URI(s) more than once (e.g. %r); each is featurized once (%d rows -> %d images)",
+            source, len(repeated), repeated[0], len(uris), len(unique),
+        )
+        uris = unique
     if not uris:
         raise ManifestError(f"manifest {source!r} is empty")
     return uris
@@ -97,6 +109,15 @@ def decode_image(data: bytes, image_size: int, max_pixels: int) -> np.ndarray:
 
     Handles grayscale, palette, CMYK, 16-bit and alpha images and EXIF rotation.
     Raises ImageDecodeError (empty, not an image, corrupt, truncated, too large).
+    """
+    return decode_image_sizes(data, (image_size,), max_pixels)[0]
+
+
+def decode_image_sizes(data: bytes, sizes: tuple[int, ...], max_pixels: int) -> list[np.ndarray]:
+    """Bytes -> one [S, S, 3] uint8 RGB array per size in `sizes`, each resized from the decoded original.
+
+    Decoding once for several models (the ViT and the pretext model of `featurize --pretext`)
+    gives each exactly what `decode_image(data, S, ...)` gives, e.g. what pretext training saw.
     """
     if not data:
         raise ImageDecodeError("empty file")
@@ -110,8 +131,7 @@ def decode_image(data: bytes, image_size: int, max_pixels: int) -> np.ndarray:
             image.load()
             image = ImageOps.exif_transpose(image)
             rgb = _to_rgb(image)
-            rgb = rgb.resize((image_size, image_size), Image.Resampling.BICUBIC)
-            return np.asarray(rgb, dtype=np.uint8)
+            return [np.asarray(rgb.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8) for size in sizes]
     except ImageDecodeError:
         raise
     except Image.UnidentifiedImageError:
@@ -140,6 +160,14 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 def read_and_decode(uri: str, image_size: int, max_pixels: int, options: StorageOptions) -> tuple[np.ndarray | None, str]:
     """(pixels, "") for a usable image, (None, reason) otherwise; never raises."""
+    images, reason = read_and_decode_sizes(uri, (image_size,), max_pixels, options)
+    return (images[0] if images is not None else None), reason
+
+
+def read_and_decode_sizes(
+    uri: str, sizes: tuple[int, ...], max_pixels: int, options: StorageOptions
+) -> tuple[list[np.ndarray] | None, str]:
+    """([pixels per size], "") for a usable image, (None, reason) otherwise; never raises."""
     try:
         data = storage.read_bytes(uri, options)
     except FileNotFoundError:
@@ -151,7 +179,7 @@ def read_and_decode(uri: str, image_size: int, max_pixels: int, options: Storage
     except OSError as exc:
         return None, f"read failed: {exc}"
     try:
-        return decode_image(data, image_size, max_pixels), ""
+        return decode_image_sizes(data, sizes, max_pixels), ""
     except ImageDecodeError as exc:
         return None, str(exc)
 
@@ -161,20 +189,33 @@ class DecodeBatch:
 
     Reads run in a thread pool (object-store latency dominates); a failed image
     gets a zero image and its reason, and travels on so it is recorded.
+    `extra_sizes` ({column: size}) adds more columns of the same images decoded
+    at other sizes, from the same bytes (e.g. `pretext_image` at the pretext model's size).
     """
 
-    def __init__(self, image_size: int, max_pixels: int, options: StorageOptions, threads: int = 8):
+    def __init__(
+        self,
+        image_size: int,
+        max_pixels: int,
+        options: StorageOptions,
+        threads: int = 8,
+        extra_sizes: dict[str, int] | None = None,
+    ):
         self.image_size = image_size
         self.max_pixels = max_pixels
         self.options = options
         self.threads = threads
+        self.extra_sizes = dict(extra_sizes or {})
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         uris = [str(u) for u in batch[schema.URI]]
+        columns = ["image", *self.extra_sizes]
+        sizes = (self.image_size, *self.extra_sizes.values())
         with ThreadPoolExecutor(max_workers=min(self.threads, max(1, len(uris)))) as pool:
-            results = list(pool.map(lambda u: read_and_decode(u, self.image_size, self.max_pixels, self.options), uris))
-        blank = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
+            results = list(pool.map(lambda u: read_and_decode_sizes(u, sizes, self.max_pixels, self.options), uris))
         out = {key: value for key, value in batch.items()}
-        out["image"] = np.stack([pixels if pixels is not None else blank for pixels, _ in results])
+        for index, (column, size) in enumerate(zip(columns, sizes)):
+            blank = np.zeros((size, size, 3), dtype=np.uint8)
+            out[column] = np.stack([images[index] if images is not None else blank for images, _ in results]) if results else np.zeros((0, size, size, 3), np.uint8)
         out[schema.ERROR] = np.array([reason for _, reason in results], dtype=object)
         return out

@@ -1,30 +1,42 @@
-"""The featurize stage: image URIs -> decode (CPU tasks) -> ViT (actor pool) -> K-Means (actor pool) -> shards.
+"""The featurize stage: image URIs -> decode (CPU tasks) -> ViT (actor pool) -> K-Means -> part writers -> shards.
 
-Work is cut into chunks of `chunk_size` URIs, in the order of the store's
-manifest. A chunk becomes one shard, written atomically once all its rows are
-back, so a rerun after a kill skips the chunks whose shard exists and never
-duplicates a row. Ray Data streams the rest with bounded memory.
+Work is cut into chunks of `chunk_size` URIs, recorded in the store's manifest
+(`uri`, `chunk_id`). The last Ray Data stage writes each batch's rows as part
+files on the workers and sends the driver only (chunk_id, row count); once a
+chunk's count is reached a `commit_chunk` task turns its parts into the chunk's
+shard, atomically, after checking its URIs against the manifest's
+(`raysel.shard_writer`). So the driver holds no feature rows, a rerun after a
+kill skips the chunks whose shard exists, and no row is ever duplicated.
+
+Before anything starts, `runtime.plan_featurize` sizes every stage's
+reservation to the cluster (or fails naming the flag to change), and a
+watchdog ends a run that makes no progress for `stall_timeout` seconds.
+
+A rerun on a source that gained images appends them as new chunks (refresh);
+images gone from the source are reported and listed in `_removed.parquet`.
 """
 from __future__ import annotations
 
 import logging
+import queue
 import sys
+import threading
 import time
-from collections import defaultdict
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from raysel import __version__, schema, storage
 from raysel.config import FeaturizeConfig, RayConfig
 from raysel.images import DecodeBatch, list_images
-from raysel.store import FeatureStore, FeatureStoreError, chunk_id_of, shard_name
+from raysel.shard_writer import CHUNK_ID, PARTS_DIR, ROWS, PartWriter, commit_chunk, parts_dir
+from raysel.store import FeatureStore, FeatureStoreError, chunk_id_of
 
 log = logging.getLogger(__name__)
 
-CHUNK_ID = "chunk_id"
 # Settings that define what a store's vectors mean: a resumed run must match them.
 IDENTITY_KEYS = ("model", "weights", "random_init", "tau", "clusters", "image_size", "source", "pretext", "seed")
 
@@ -38,15 +50,25 @@ class FeaturizeSummary:
     processed_this_run: int
     seconds: float
     images_per_second: float
+    added_this_run: int = 0  # images new in the source since the store was last refreshed
+    removed_from_source: int = 0  # images in the store whose source object is gone (see _removed.parquet)
 
     def lines(self) -> str:
-        return (
+        text = (
             f"feature store: {self.store}\n"
             f"  images: {self.images}  featurized: {self.featurized}  failed: {self.failed} "
             f"(see {schema.ERRORS_DIR}/)\n"
             f"  this run: {self.processed_this_run} images in {self.seconds:.1f} s "
             f"({self.images_per_second:.1f} images/s)"
         )
+        if self.added_this_run:
+            text += f"\n  refresh: {self.added_this_run} new images in the source, appended as new chunks"
+        if self.removed_from_source:
+            text += (
+                f"\n  refresh: {self.removed_from_source} images of the store are gone from the source "
+                f"(rows kept; listed in {schema.STORE_REMOVED_FILE})"
+            )
+        return text
 
 
 def model_input_spec(config: FeaturizeConfig):
@@ -63,11 +85,30 @@ def model_input_spec(config: FeaturizeConfig):
     return input_spec(model)
 
 
+@dataclass
+class Manifest:
+    """The store's work list: every URI and its chunk, in chunk order."""
+
+    uris: list[str]
+    chunk_ids: list[int]
+
+    def chunks(self) -> dict[int, list[str]]:
+        chunks: dict[int, list[str]] = {}
+        for uri, chunk_id in zip(self.uris, self.chunk_ids):
+            chunks.setdefault(chunk_id, []).append(uri)
+        return chunks
+
+    def table(self) -> pa.Table:
+        return pa.table({schema.URI: pa.array(self.uris, pa.string()), CHUNK_ID: pa.array(self.chunk_ids, pa.int64())})
+
+
 def featurize(config: FeaturizeConfig, ray_config: RayConfig | None = None, progress: bool = True) -> FeaturizeSummary:
-    """Run (or resume) `raysel featurize`. Returns counts and throughput.
+    """Run, resume or refresh `raysel featurize`. Returns counts and throughput.
 
     Raises StorageError / ManifestError / FeatureStoreError / BackboneError with a
-    message naming the problem for bad sources, stores or models.
+    message naming the problem for bad sources, stores or models; ResourcePlanError
+    when the stages cannot fit the cluster; StallError after `stall_timeout`
+    seconds without progress.
     """
     from raysel.runtime import ensure_ray
 
@@ -86,8 +127,8 @@ def featurize(config: FeaturizeConfig, ray_config: RayConfig | None = None, prog
         "pretext": config.pretext,
         "seed": config.seed,
     }
-    uris, chunk_size = _open_or_create(store, config, identity)
-    chunks = {i: uris[start : start + chunk_size] for i, start in enumerate(range(0, len(uris), chunk_size))}
+    manifest, added, removed = _open_or_create(store, config, identity)
+    chunks = manifest.chunks()
     done = {chunk_id_of(u) for u in store.shard_uris()}
     pending = {i: c for i, c in chunks.items() if i not in done}
     processed = sum(len(c) for c in pending.values())
@@ -96,27 +137,57 @@ def featurize(config: FeaturizeConfig, ray_config: RayConfig | None = None, prog
         ensure_ray(ray_config)
         _run_chunks(store, config, spec, pending, progress)
     featurized, failed = store.num_rows(), store.read_errors().num_rows
-    if featurized + failed != len(uris):
+    if featurized + failed != len(manifest.uris):
         raise FeatureStoreError(
-            f"{store.uri}: {featurized} rows + {failed} errors != {len(uris)} images in the manifest"
+            f"{store.uri}: {featurized} rows + {failed} errors != {len(manifest.uris)} images in the manifest"
         )
     seconds = time.time() - started
     summary = FeaturizeSummary(
         store=store.uri,
-        images=len(uris),
+        images=len(manifest.uris),
         featurized=featurized,
         failed=failed,
         processed_this_run=processed,
         seconds=seconds,
         images_per_second=processed / seconds if seconds > 0 else 0.0,
+        added_this_run=added,
+        removed_from_source=removed,
     )
     storage.write_json_atomic(store.path(schema.RESOLVED_CONFIG_FILE), asdict(config), store.options)
     store.mark_complete({"summary": asdict(summary), "raysel_version": __version__})
     return summary
 
 
-def _open_or_create(store: FeatureStore, config: FeaturizeConfig, identity: dict[str, Any]) -> tuple[list[str], int]:
-    """The store's manifest of URIs and chunk size; lists the source only on the first run."""
+def read_store_manifest(store: FeatureStore, metadata: dict[str, Any]) -> Manifest:
+    """The manifest of an existing store; a format-1 manifest (URIs only) gets chunk ids row // chunk_size."""
+    version = metadata.get("format_version", 1)
+    if not isinstance(version, int) or version > schema.STORE_FORMAT_VERSION:
+        raise FeatureStoreError(
+            f"{store.uri} was written in store format {version!r}, newer than this raysel {__version__} reads "
+            f"(format {schema.STORE_FORMAT_VERSION}); upgrade raysel"
+        )
+    try:
+        table = storage.read_parquet(store.path(schema.STORE_MANIFEST_FILE), store.options)
+    except FileNotFoundError as exc:
+        raise FeatureStoreError(f"{store.uri}: {schema.STORE_MANIFEST_FILE} is missing; the store is damaged") from exc
+    uris = table.column(schema.URI).to_pylist()
+    if CHUNK_ID in table.column_names:
+        chunk_ids = table.column(CHUNK_ID).to_pylist()
+    else:  # format 1: fixed-size chunks in manifest order
+        chunk_size = int(metadata["chunk_size"])
+        chunk_ids = [row // chunk_size for row in range(len(uris))]
+    return Manifest(uris, chunk_ids)
+
+
+def _open_or_create(
+    store: FeatureStore, config: FeaturizeConfig, identity: dict[str, Any]
+) -> tuple[Manifest, int, int]:
+    """The store's manifest after listing the source: (manifest, images added, images gone from the source).
+
+    A new store gets the whole listing. An existing one (same settings required)
+    gets the source's new URIs appended as new chunks; URIs gone from the source
+    are counted and written to `_removed.parquet` (their rows stay).
+    """
     manifest_uri = store.path(schema.STORE_MANIFEST_FILE)
     if store.exists():
         metadata = store.metadata()
@@ -124,13 +195,37 @@ def _open_or_create(store: FeatureStore, config: FeaturizeConfig, identity: dict
         if mismatched:
             details = ", ".join(f"{k}: store has {old!r}, run asks {new!r}" for k, (old, new) in mismatched.items())
             raise FeatureStoreError(f"{store.uri} was written with other settings ({details}); use a new --out")
-        try:
-            uris = storage.read_parquet(manifest_uri, store.options, columns=[schema.URI]).column(schema.URI).to_pylist()
-        except FileNotFoundError as exc:
-            raise FeatureStoreError(f"{store.uri}: {schema.STORE_MANIFEST_FILE} is missing; the store is damaged") from exc
-        return uris, int(metadata["chunk_size"])
+        manifest = read_store_manifest(store, metadata)
+        listed = list_images(config.source, config.storage())
+        known = set(manifest.uris)
+        new = [u for u in listed if u not in known]
+        listed_set = set(listed)
+        gone = [u for u in manifest.uris if u not in listed_set]
+        if gone:
+            log.warning("%d images of %s are gone from %s (e.g. %s); their rows stay, listed in %s",
+                        len(gone), store.uri, config.source, gone[0], schema.STORE_REMOVED_FILE)
+            storage.write_parquet_atomic(pa.table({schema.URI: pa.array(gone, pa.string())}),
+                                         store.path(schema.STORE_REMOVED_FILE), store.options)
+        elif storage.exists(store.path(schema.STORE_REMOVED_FILE), store.options):
+            storage.remove_tree(store.path(schema.STORE_REMOVED_FILE), store.options)
+        migrate = metadata.get("format_version", 1) < schema.STORE_FORMAT_VERSION
+        if new or migrate:
+            chunk_size = int(metadata["chunk_size"])
+            first = max(manifest.chunk_ids, default=-1) + 1
+            manifest = Manifest(
+                manifest.uris + new, manifest.chunk_ids + [first + row // chunk_size for row in range(len(new))]
+            )
+            if new:
+                log.info("refresh: %d new images in %s, appended as %d new chunks", len(new), config.source,
+                         -(-len(new) // chunk_size))
+                # Incomplete again until the new chunks are done; the manifest is the refresh's commit.
+                storage.remove_tree(store.path(schema.STORE_SUCCESS_FILE), store.options)
+            storage.write_parquet_atomic(manifest.table(), manifest_uri, store.options)
+            store.write_metadata({**metadata, "format_version": schema.STORE_FORMAT_VERSION, "images": len(manifest.uris)})
+        return manifest, len(new), len(gone)
     uris = list_images(config.source, config.storage())
-    storage.write_parquet_atomic(pa.table({schema.URI: pa.array(uris, pa.string())}), manifest_uri, store.options)
+    manifest = Manifest(uris, [row // config.chunk_size for row in range(len(uris))])
+    storage.write_parquet_atomic(manifest.table(), manifest_uri, store.options)
     store.write_metadata(
         {
             "format_version": schema.STORE_FORMAT_VERSION,
@@ -141,7 +236,15 @@ def _open_or_create(store: FeatureStore, config: FeaturizeConfig, identity: dict
             **identity,
         }
     )
-    return uris, config.chunk_size
+    return manifest, 0, 0
+
+
+def featurize_plan(config: FeaturizeConfig):
+    """The resource plan of a featurize run on the Ray cluster this process is connected to."""
+    from raysel.runtime import cluster_total_cpus, cluster_total_gpus, plan_featurize
+
+    return plan_featurize(cluster_total_cpus(), cluster_total_gpus(), config.model_actors, config.kmeans_actors,
+                          bool(config.pretext))
 
 
 def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dict[int, list[str]], progress: bool) -> None:
@@ -149,118 +252,158 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
     from ray.data import ActorPoolStrategy
 
     from raysel.cluster.knowledge_clusters import KnowledgeClusterer
-    from raysel.embed.featurizer import Featurizer
-    from raysel.runtime import cluster_gpus
+    from raysel.embed.featurizer import Featurizer, KMeansSettings
+
+    plan = featurize_plan(config)
+    log.info("resource plan: %s", plan.describe())
+    if plan.scaled < 1:
+        log.warning("the cluster is small for featurize: CPU reservations scaled by %.2f to fit (%s)",
+                    plan.scaled, plan.describe())
+    for chunk_id in pending:  # leftovers of a killed run; the chunk is redone whole
+        storage.remove_tree(parts_dir(store, chunk_id), store.options)
 
     blocks = [
         pa.table({schema.URI: pa.array(uris, pa.string()), CHUNK_ID: pa.array([chunk_id] * len(uris), pa.int64())})
         for chunk_id, uris in sorted(pending.items())
     ]
-    gpus = cluster_gpus()
-    model_actors = config.model_actors or max(gpus, 1)
-    # With --pretext, a GPU hosts one Featurizer and one PretextScorer actor.
-    model_resources = {"num_gpus": 0.5 if config.pretext else 1, "num_cpus": 1} if gpus else {"num_cpus": 1}
-    dataset = (
-        ray.data.from_arrow(blocks)
-        .map_batches(
-            DecodeBatch(spec.image_size, config.max_image_pixels, config.storage(), config.decode_threads),
-            batch_size=config.batch_size,
-            num_cpus=0.5,
-        )
-    )
-    if config.pretext:  # PT4AL: the rotation loss needs `image`, which the Featurizer drops
+    extra_sizes: dict[str, int] = {}
+    if config.pretext:  # PT4AL: decode at the pretext model's own size too, as its training did
         from raysel.pretext.checkpoints import absolute_uri, load_model
-        from raysel.pretext.scorer import PretextScorer
+        from raysel.pretext.scorer import PRETEXT_IMAGE, PretextScorer
 
-        load_model(config.pretext, config.storage())  # fail here, with the reason, not in an actor
+        _, pretext_spec, _ = load_model(config.pretext, config.storage())  # fail here, with the reason, not in an actor
+        extra_sizes[PRETEXT_IMAGE] = pretext_spec.image_size
+    dataset = ray.data.from_arrow(blocks).map_batches(
+        DecodeBatch(spec.image_size, config.max_image_pixels, config.storage(), config.decode_threads, extra_sizes),
+        batch_size=config.batch_size,
+        num_cpus=plan.decode.num_cpus,
+    )
+    if config.pretext:
         dataset = dataset.map_batches(
             PretextScorer,
             fn_constructor_kwargs={"model_uri": absolute_uri(config.pretext), "storage_options": config.storage()},
             batch_size=config.batch_size,
-            compute=ActorPoolStrategy(size=model_actors),
-            **model_resources,
+            compute=ActorPoolStrategy(size=plan.pretext.count),
+            num_cpus=plan.pretext.num_cpus,
+            **({"num_gpus": plan.pretext.num_gpus} if plan.pretext.num_gpus else {}),
         )
-    dataset = (
-        dataset.map_batches(
-            Featurizer,
-            fn_constructor_kwargs={
-                "model_name": config.model,
-                "weights": config.weights,
-                "random_init": config.random_init,
-                "tau": config.tau,
-                "storage_options": config.storage(),
-                "seed": config.seed,
-            },
-            batch_size=config.batch_size,
-            compute=ActorPoolStrategy(size=model_actors),
-            **model_resources,
-        )
-        .map_batches(
+    in_actor_kmeans = plan.kmeans is None
+    dataset = dataset.map_batches(
+        Featurizer,
+        fn_constructor_kwargs={
+            "model_name": config.model,
+            "weights": config.weights,
+            "random_init": config.random_init,
+            "tau": config.tau,
+            "storage_options": config.storage(),
+            "seed": config.seed,
+            "kmeans": KMeansSettings(config.clusters, config.kmeans_iters, config.kmeans_tol) if in_actor_kmeans else None,
+        },
+        batch_size=config.batch_size,
+        compute=ActorPoolStrategy(size=plan.model.count),
+        num_cpus=plan.model.num_cpus,
+        **({"num_gpus": plan.model.num_gpus} if plan.model.num_gpus else {}),
+    )
+    if not in_actor_kmeans:
+        dataset = dataset.map_batches(
             KnowledgeClusterer,
             fn_constructor_kwargs={"clusters": config.clusters, "max_iters": config.kmeans_iters, "tol": config.kmeans_tol},
             batch_size=max(config.batch_size, 128),
-            compute=ActorPoolStrategy(size=config.kmeans_actors),
-            num_cpus=0.25,
+            compute=ActorPoolStrategy(size=plan.kmeans.count),
+            num_cpus=plan.kmeans.num_cpus,
         )
-    )
-    writer = _ChunkWriter(store, {chunk_id: len(uris) for chunk_id, uris in pending.items()})
-    bar = _progress_bar(sum(len(u) for u in pending.values()), progress)
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        bar.update(writer.add(batch))
+    dataset = dataset.map_batches(PartWriter(store), batch_size=None, num_cpus=plan.writer.num_cpus)
+
+    commit = ray.remote(num_cpus=0, max_retries=3)(commit_chunk)
+    expected = {chunk_id: len(uris) for chunk_id, uris in pending.items()}
+    received: dict[int, int] = {chunk_id: 0 for chunk_id in pending}
+    committing: dict[Any, int] = {}  # commit task -> chunk id
+    incomplete: dict[int, list[str]] = {}
+    bar = _progress_bar(sum(expected.values()), progress)
+
+    def collect(timeout: float) -> None:
+        while committing:
+            ready, _ = ray.wait(list(committing), num_returns=len(committing), timeout=timeout)
+            for ref in ready:
+                chunk_id = committing.pop(ref)
+                missing = ray.get(ref)
+                if missing:
+                    incomplete[chunk_id] = missing
+            if not ready or timeout == 0:
+                return
+
+    for batch in watched(dataset.iter_batches(batch_size=None, batch_format="numpy"), config.stall_timeout):
+        for chunk_id, rows in zip(batch[CHUNK_ID].tolist(), batch[ROWS].tolist()):
+            received[chunk_id] += rows
+            bar.update(rows)
+            if received[chunk_id] == expected[chunk_id]:  # a retried batch counts again: checked in the commit
+                committing[commit.remote(store, chunk_id, pending[chunk_id])] = chunk_id
+        collect(timeout=0)
     bar.close()
-    if writer.open_chunks():
-        raise FeatureStoreError(f"chunks {writer.open_chunks()[:10]} did not come back complete")
+    # Chunks whose count never matched (a retry counted twice, or rows lost): the commit checks the URI sets.
+    for chunk_id, count in received.items():
+        if count != expected[chunk_id]:
+            committing[commit.remote(store, chunk_id, pending[chunk_id])] = chunk_id
+    deadline = time.time() + (config.stall_timeout or float("inf"))
+    while committing and time.time() < deadline:
+        collect(timeout=min(5.0, max(deadline - time.time(), 0.01)))
+    if committing:
+        from raysel.runtime import StallError
 
-
-class _ChunkWriter:
-    """Collects rows per chunk and writes a chunk's shard (and errors) the moment it is complete."""
-
-    def __init__(self, store: FeatureStore, expected_rows: dict[int, int]):
-        self.store = store
-        self.expected_rows = dict(expected_rows)
-        self.parts: dict[int, list[dict[str, np.ndarray]]] = defaultdict(list)
-        self.received: dict[int, int] = defaultdict(int)
-
-    def add(self, batch: dict[str, np.ndarray]) -> int:
-        chunk_ids = batch[CHUNK_ID]
-        for chunk_id in np.unique(chunk_ids):
-            rows = chunk_ids == chunk_id
-            self.parts[int(chunk_id)].append({k: v[rows] for k, v in batch.items()})
-            self.received[int(chunk_id)] += int(rows.sum())
-            if self.received[int(chunk_id)] == self.expected_rows[int(chunk_id)]:
-                self._write(int(chunk_id))
-        return len(chunk_ids)
-
-    def open_chunks(self) -> list[int]:
-        return sorted(self.parts)
-
-    def _write(self, chunk_id: int) -> None:
-        parts = self.parts.pop(chunk_id)
-        columns = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
-        order = np.argsort(columns[schema.URI].astype(str), kind="stable")  # deterministic row order
-        columns = {key: value[order] for key, value in columns.items()}
-        failed = columns[schema.ERROR].astype(str) != ""
-        if failed.any():
-            errors = pa.table(
-                {
-                    schema.URI: pa.array(columns[schema.URI][failed].astype(str).tolist(), pa.string()),
-                    schema.ERROR: pa.array(columns[schema.ERROR][failed].astype(str).tolist(), pa.string()),
-                },
-                schema=schema.ERRORS_SCHEMA,
-            )
-            storage.write_parquet_atomic(errors, self.store.path(schema.ERRORS_DIR, shard_name(chunk_id)), self.store.options)
-        good = ~failed
-        table = features_table(
-            uris=columns[schema.URI][good].astype(str).tolist(),
-            embedding=np.asarray(columns[schema.EMBEDDING][good], dtype=np.float32),
-            clusters=np.asarray(columns[schema.CLUSTERS][good], dtype=np.float32),
-            num_kept_patches=np.asarray(columns[schema.NUM_KEPT_PATCHES][good], dtype=np.int32),
-            pretext_loss=np.asarray(columns[schema.PRETEXT_LOSS][good], dtype=np.float32)
-            if schema.PRETEXT_LOSS in columns
-            else None,
+        raise StallError(f"{len(committing)} chunk commits did not finish within --stall-timeout {config.stall_timeout:g} s")
+    if incomplete:
+        chunk_id, missing = sorted(incomplete.items())[0]
+        raise FeatureStoreError(
+            f"chunks {sorted(incomplete)[:10]} did not come back complete (chunk {chunk_id} has no row for "
+            f"{len(missing)} URIs, e.g. {missing[0]}); rerun to redo them"
         )
-        # The shard is the chunk's commit marker, so it is written last.
-        storage.write_parquet_atomic(table, self.store.path(schema.SHARDS_DIR, shard_name(chunk_id)), self.store.options)
+
+
+def watched(batches: Iterator[Any], stall_timeout: float) -> Iterator[Any]:
+    """`batches`, raising StallError when the next one takes more than `stall_timeout` seconds (0: never).
+
+    The iterator runs in a helper thread, so a pipeline that waits forever (a
+    stage that cannot be scheduled, a hung read) ends the run with a message.
+    """
+    from raysel.runtime import StallError
+
+    handoff: queue.Queue = queue.Queue(maxsize=8)
+    stop = threading.Event()
+    end = object()
+
+    def pump() -> None:
+        try:
+            for item in batches:
+                while not stop.is_set():
+                    try:
+                        handoff.put((item, None), timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            handoff.put((end, None))
+        except BaseException as exc:  # re-raised in the caller's thread
+            handoff.put((end, exc))
+
+    thread = threading.Thread(target=pump, name="raysel-featurize-pump", daemon=True)
+    thread.start()
+    try:
+        while True:
+            try:
+                item, error = handoff.get(timeout=stall_timeout or None)
+            except queue.Empty:
+                raise StallError(
+                    f"featurize made no progress for {stall_timeout:g} s (--stall-timeout): a stage is waiting for "
+                    "resources or a read hangs; see the resource plan in the log, or raise --stall-timeout"
+                ) from None
+            if error is not None:
+                raise error
+            if item is end:
+                return
+            yield item
+    finally:
+        stop.set()
 
 
 def features_table(

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-STORE_FORMAT_VERSION = 1
+# 2: the manifest has a chunk_id column (chunks can be appended by a refresh). Version 1 stores
+# (uri only; chunk = row // chunk_size) are read and migrated by `raysel featurize`.
+STORE_FORMAT_VERSION = 2
 
 # --- feature store layout (directory, local or s3://) ---
 STORE_METADATA_FILE = "_raysel_store.json"  # model, tau, K, image size, dims, status
-STORE_MANIFEST_FILE = "_manifest.parquet"  # every input uri, in work-chunk order
+STORE_MANIFEST_FILE = "_manifest.parquet"  # every input uri and its work chunk (chunk_id), in chunk order
+STORE_REMOVED_FILE = "_removed.parquet"  # uris in the store whose source object was gone at the last refresh
 STORE_SUCCESS_FILE = "_SUCCESS"  # written last: the store is complete
 SHARDS_DIR = "shards"  # part-XXXXXX.parquet, one per finished work chunk
 ERRORS_DIR = "errors"  # part-XXXXXX.parquet, images that could not be used

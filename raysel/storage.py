@@ -134,3 +134,23 @@ def list_files(uri: str, options: StorageOptions | None = None, suffix: str = ""
         return []
     names = [e["name"] for e in entries if e.get("type") == "file"]
     return sorted(full_uri(fs, name) for name in names if name.endswith(suffix) and ".tmp-" not in name)
+
+
+def remove_tree(uri: str, options: StorageOptions | None = None) -> None:
+    """Delete directory `uri` and everything under it; nothing when it does not exist."""
+    fs, path = filesystem(uri, options)
+    try:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+    except FileNotFoundError:
+        pass
+
+
+def list_dirs(uri: str, options: StorageOptions | None = None) -> list[str]:
+    """Full URIs of the directories directly under `uri`, sorted; [] when it does not exist."""
+    fs, path = filesystem(uri, options)
+    try:
+        entries = fs.ls(path, detail=True)
+    except FileNotFoundError:
+        return []
+    return sorted(full_uri(fs, e["name"].rstrip("/")) for e in entries if e.get("type") == "directory")

@@ -99,7 +99,6 @@ def test_manifests(tmp_path):
     "name, content, problem",
     [
         ("nouri.csv", "path\n/a.jpg\n", "no 'uri' column"),
-        ("dup.csv", "uri\n/a.jpg\n/a.jpg\n", "more than once"),
         ("empty.csv", "uri\n", "empty"),
         ("blank.csv", 'uri\n/a.jpg\n""\n', "empty 'uri'"),
         ("scheme.csv", "uri\nhttp://x/a.jpg\n", "unsupported URI"),
@@ -118,3 +117,20 @@ def test_manifest_with_numeric_uri_column(tmp_path):
     pq.write_table(pa.table({"uri": [1, 2]}), tmp_path / "m.parquet")
     with pytest.raises(ManifestError, match="strings"):
         read_manifest(str(tmp_path / "m.parquet"))
+
+
+def test_manifest_with_repeated_uris_is_deduplicated_with_a_warning(tmp_path, caplog):
+    (tmp_path / "dup.csv").write_text("uri\n/b.jpg\n/a.jpg\n/b.jpg\n/a.jpg\n/c.jpg\n")
+    with caplog.at_level("WARNING", logger="raysel.images"):
+        assert read_manifest(str(tmp_path / "dup.csv")) == ["/b.jpg", "/a.jpg", "/c.jpg"]  # first occurrences, in order
+    assert "more than once" in caplog.text and "5 rows -> 3 images" in caplog.text
+
+
+def test_decode_at_several_sizes_equals_decoding_at_each_size(tmp_path):
+    good = good_files(3, seed=7)
+    write_files(tmp_path, good)
+    uris = np.array(sorted(str(tmp_path / n) for n in good), dtype=object)
+    both = DecodeBatch(48, LIMIT, StorageOptions(), extra_sizes={"pretext_image": 20})({"uri": uris})
+    np.testing.assert_array_equal(both["image"], DecodeBatch(48, LIMIT, StorageOptions())({"uri": uris})["image"])
+    np.testing.assert_array_equal(both["pretext_image"], DecodeBatch(20, LIMIT, StorageOptions())({"uri": uris})["image"])
+    assert both["pretext_image"].shape == (3, 20, 20, 3)

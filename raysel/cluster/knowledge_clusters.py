@@ -25,7 +25,8 @@ CPU_GROUP_SIZE = 64
 class KnowledgeClusterer:
     """Callable class for `Dataset.map_batches`: adds `clusters`, drops `kept_features`.
 
-    Input columns: `uri`, `embedding` [B, D] float32, `kept_features` [B, P, D],
+    Input columns: `uri`, `embedding` [B, D] float32, `kept_features` ([B, P, D]
+    padded, or B arrays [n_b, D] of the kept patches only, as the Featurizer ships them),
     `num_kept_patches` [B] int32, and any others (e.g. `pretext_loss`, `error`),
     which pass through unchanged.
     Output: the same columns without `kept_features`, plus `clusters` [B, K, D]
@@ -45,8 +46,8 @@ class KnowledgeClusterer:
         self.group_size = group_size
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        kept_features = np.asarray(batch[KEPT_FEATURES])
         num_kept = np.asarray(batch[schema.NUM_KEPT_PATCHES]).astype(np.int64)
+        kept_features = padded_kept_features(batch[KEPT_FEATURES], num_kept)
         if kept_features.ndim != 3 or num_kept.shape != kept_features.shape[:1]:
             raise ValueError(
                 f"expected {KEPT_FEATURES} [B, P, D] and {schema.NUM_KEPT_PATCHES} [B]; "
@@ -61,3 +62,26 @@ class KnowledgeClusterer:
         out = {key: value for key, value in batch.items() if key != KEPT_FEATURES}
         out[schema.CLUSTERS] = centers.cpu().numpy()
         return out
+
+
+def padded_kept_features(column, num_kept: np.ndarray) -> np.ndarray:
+    """`kept_features` as [B, W, D], padded with zeros: a dense array as is, ragged rows [n_b, D] packed.
+
+    Ray Data hands ragged rows as an object array of arrays (or as one dense
+    array when every row of a batch has the same length).
+    """
+    if isinstance(column, np.ndarray) and column.dtype != object:
+        return column
+    rows = [np.asarray(row) for row in column]
+    if not rows:
+        return np.zeros((0, 1, 1), dtype=np.float16)
+    dim = next((r.shape[-1] for r in rows if r.ndim == 2), 1)
+    width = max([int(r.shape[0]) for r in rows] + [1])
+    dense = np.zeros((len(rows), width, dim), dtype=rows[0].dtype)
+    for index, row in enumerate(rows):
+        if row.ndim != 2 or row.shape[1] != dim or row.shape[0] != num_kept[index]:
+            raise ValueError(
+                f"{KEPT_FEATURES} row {index} has shape {row.shape}; expected [{int(num_kept[index])}, {dim}]"
+            )
+        dense[index, : row.shape[0]] = row
+    return dense

@@ -4,17 +4,22 @@
 actor loads the backbone once and runs one forward pass per batch (GPU when the
 actor has one, else CPU). K-Means runs later on its own actors
 (`raysel.cluster.knowledge_clusters`), so this stage ships each image's kept
-patches, packed first, in `kept_features`.
+patches only (a [n_i, D] array per image, by descending attention) in
+`kept_features`: ~n_i / P of the padded [P, D] tokens (with tau = 0.5 a ViT-S/16
+keeps a few dozen of 196). On a GPU the actor can instead run the batched
+K-Means itself (`kmeans=KMeansSettings(...)`) and ship only the [K, D] clusters.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from raysel import schema
+from raysel.cluster.kmeans import batched_kmeans
 from raysel.cluster.knowledge_clusters import KEPT_FEATURES
 from raysel.embed.backbone import input_spec, load_backbone
 from raysel.embed.knowledge import extract_tokens, normalize_images, pack_kept_patches
@@ -24,6 +29,26 @@ from raysel.storage import StorageOptions
 IMAGE = "image"
 
 FEATURE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+# bfloat16 autocast of the forward pass: "auto" = on CUDA only (CPU autocast is slower than float32 there).
+AUTOCAST_MODES = ("auto", "bfloat16", "off")
+
+
+@dataclass(frozen=True)
+class KMeansSettings:
+    """Knowledge-cluster K-Means run inside the model actor (GPU clusters): only [K, D] clusters leave it."""
+
+    clusters: int
+    max_iters: int = 100
+    tol: float = 1e-4
+
+
+def ragged_rows(values: torch.Tensor, counts: torch.Tensor) -> np.ndarray:
+    """[B, P, D] rows packed first + [B] counts -> object array of B arrays [counts[b], D] (copies only the kept rows)."""
+    host = values.cpu().numpy()
+    rows = np.empty(len(host), dtype=object)
+    for index, count in enumerate(counts.tolist()):
+        rows[index] = np.ascontiguousarray(host[index, :count])
+    return rows
 
 
 class Featurizer:
@@ -31,9 +56,11 @@ class Featurizer:
 
     Input columns: `uri`, `image` [B, S, S, 3] uint8 (S = the model's image size),
     and any others (e.g. `error`, `chunk_id`), which pass through; `image` is dropped.
-    Output adds `embedding` [B, D] float32, `kept_features` [B, P, D]
-    (`feature_dtype`: each image's kept patches by descending attention, zeros
-    after) and `num_kept_patches` [B] int32.
+    Output adds `embedding` [B, D] float32, `num_kept_patches` [B] int32 and
+    either `kept_features` (`feature_dtype`; each image's kept patches by
+    descending attention: an object array of B arrays [n_b, D] when `compact`,
+    else [B, P, D] with zeros after the kept rows) or, with `kmeans`, `clusters`
+    [B, K, D] float32.
     """
 
     def __init__(
@@ -46,6 +73,9 @@ class Featurizer:
         feature_dtype: str = "float16",
         seed: int = 0,
         torch_threads: int | None = None,
+        kmeans: KMeansSettings | None = None,
+        autocast: str = "auto",
+        compact: bool = True,
     ):
         if feature_dtype not in FEATURE_DTYPES:
             raise ValueError(f"feature_dtype must be one of {sorted(FEATURE_DTYPES)}, got {feature_dtype!r}")
@@ -60,22 +90,37 @@ class Featurizer:
         self.spec = input_spec(self.model)
         self.tau = tau
         self.feature_dtype = FEATURE_DTYPES[feature_dtype]
+        if autocast not in AUTOCAST_MODES:
+            raise ValueError(f"autocast must be one of {AUTOCAST_MODES}, got {autocast!r}")
+        self.bf16 = autocast == "bfloat16" or (autocast == "auto" and self.device.type == "cuda")
+        self.kmeans = kmeans
+        self.compact = compact
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = np.asarray(batch[IMAGE])
         size = self.spec.image_size
         if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
             raise ValueError(f"'{IMAGE}' must be [B, {size}, {size}, 3] uint8, got {images.shape} {images.dtype}")
-        # bfloat16 autocast on GPU only: CPU autocast is slower than float32 there.
+        # Class-token attention and tau stay float32 inside (knowledge.class_token_attention).
         autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
+            torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         )
-        with torch.inference_mode(), autocast:
-            pixels = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(self.device, non_blocking=True)  # Ray hands read-only arrays
-            tokens = extract_tokens(self.model, normalize_images(pixels, self.spec.mean, self.spec.std))
-            kept_features, num_kept = pack_kept_patches(tokens.patch_features, tokens.cls_attention, self.tau)
-        out = {key: value for key, value in batch.items() if key != IMAGE}
-        out[schema.EMBEDDING] = tokens.embedding.float().cpu().numpy()
-        out[KEPT_FEATURES] = kept_features.to(self.feature_dtype).cpu().numpy()
-        out[schema.NUM_KEPT_PATCHES] = num_kept.to(torch.int32).cpu().numpy()
+        with torch.inference_mode():
+            with autocast:
+                pixels = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(self.device, non_blocking=True)  # Ray hands read-only arrays
+                tokens = extract_tokens(self.model, normalize_images(pixels, self.spec.mean, self.spec.std))
+                kept_features, num_kept = pack_kept_patches(tokens.patch_features, tokens.cls_attention, self.tau)
+            kept_features = kept_features.to(self.feature_dtype)
+            out = {key: value for key, value in batch.items() if key != IMAGE}
+            out[schema.EMBEDDING] = tokens.embedding.float().cpu().numpy()
+            out[schema.NUM_KEPT_PATCHES] = num_kept.to(torch.int32).cpu().numpy()
+            if self.kmeans is not None:
+                # The clusters are computed where the patches are; only [B, K, D] leaves the actor.
+                mask = torch.arange(kept_features.shape[1], device=self.device)[None, :] < num_kept[:, None]
+                centers = batched_kmeans(kept_features, mask, self.kmeans.clusters, self.kmeans.max_iters, self.kmeans.tol)
+                out[schema.CLUSTERS] = centers.cpu().numpy()
+            elif self.compact:
+                out[KEPT_FEATURES] = ragged_rows(kept_features, num_kept)
+            else:
+                out[KEPT_FEATURES] = kept_features.cpu().numpy()
         return out

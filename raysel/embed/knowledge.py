@@ -94,13 +94,20 @@ def class_token_attention(block: torch.nn.Module, tokens: torch.Tensor, num_pref
     """
     attention = block.attn
     batch, num_tokens, _ = tokens.shape
-    qkv = attention.qkv(block.norm1(tokens))
-    qkv = qkv.reshape(batch, num_tokens, 3, attention.num_heads, attention.head_dim).permute(2, 0, 3, 1, 4)
-    query, key = attention.q_norm(qkv[0]), attention.k_norm(qkv[1])  # [B, heads, N, head_dim]
-    # Only the class token's query row is needed: [B, heads, 1, N] scores instead of [B, heads, N, N].
-    scores = (query[:, :, :1].float() * attention.scale) @ key.float().transpose(-2, -1)
-    weights = scores.softmax(dim=-1)[:, :, 0, num_prefix_tokens:].mean(dim=1)
-    return weights / weights.sum(dim=-1, keepdim=True)
+    # Float32 throughout, even under bfloat16 autocast (GEAL on GPU): the norm, the qkv
+    # product and the softmax decide which patches pass tau, and bfloat16's 8-bit
+    # mantissa would flip near-tied patches. Costs one [B, N, 3D] float32 matmul.
+    with torch.autocast(device_type=tokens.device.type, enabled=False):
+        normed = block.norm1(tokens.float())
+        qkv = torch.nn.functional.linear(
+            normed, attention.qkv.weight.float(), None if attention.qkv.bias is None else attention.qkv.bias.float()
+        )
+        qkv = qkv.reshape(batch, num_tokens, 3, attention.num_heads, attention.head_dim).permute(2, 0, 3, 1, 4)
+        query, key = attention.q_norm(qkv[0]), attention.k_norm(qkv[1])  # [B, heads, N, head_dim]
+        # Only the class token's query row is needed: [B, heads, 1, N] scores instead of [B, heads, N, N].
+        scores = (query[:, :, :1].float() * attention.scale) @ key.float().transpose(-2, -1)
+        weights = scores.softmax(dim=-1)[:, :, 0, num_prefix_tokens:].mean(dim=1)
+        return weights / weights.sum(dim=-1, keepdim=True)
 
 
 def kept_patch_order(cls_attention: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,15 +16,20 @@ from raysel.pretext import checkpoints
 from raysel.storage import StorageOptions
 
 IMAGE = "image"  # [B, H, W, 3] uint8, from raysel.images.DecodeBatch
+# [B, S, S, 3] uint8 at the pretext model's own size, decoded from the same bytes as `image`
+# (DecodeBatch(extra_sizes={PRETEXT_IMAGE: S})): exactly what pretext training decoded. Dropped here.
+PRETEXT_IMAGE = "pretext_image"
 
 
 class PretextScorer:
     """Callable class for `Dataset.map_batches`.
 
-    Input columns: `image` [B, H, W, 3] uint8 and any others, which pass through
-    unchanged (`image` included). Output adds `pretext_loss` [B] float32: each
-    image's mean cross-entropy over its 4 rotations. Images whose size is not the
-    model's training size are resized (bicubic, antialiased) first.
+    Input columns: `pretext_image` [B, S, S, 3] uint8 at the model's training size
+    (what `featurize --pretext` decodes), else `image` [B, H, W, 3] uint8, and any
+    others, which pass through unchanged (`image` included, `pretext_image`
+    dropped). Output adds `pretext_loss` [B] float32: each image's mean
+    cross-entropy over its 4 rotations. An `image` whose size is not the model's
+    training size is resized (bicubic, antialiased) first.
     """
 
     def __init__(self, model_uri: str, storage_options: StorageOptions | None = None):
@@ -33,10 +38,10 @@ class PretextScorer:
         self.net = net.to(self.device)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        images = np.asarray(batch[IMAGE])
+        images = np.asarray(batch[PRETEXT_IMAGE] if PRETEXT_IMAGE in batch else batch[IMAGE])
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"'{IMAGE}' must be [B, H, W, 3] uint8, got {images.shape} {images.dtype}")
-        out = dict(batch)
+        out = {key: value for key, value in batch.items() if key != PRETEXT_IMAGE}
         out[schema.PRETEXT_LOSS] = self.losses(images)
         return out
 
