@@ -179,3 +179,101 @@ def test_featurize_against_running_local_cluster_by_address(tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         assert "featurized: 6" in result.stdout and "images/s" in result.stdout
     assert FeatureStore(str(tmp_path / "store")).num_rows() == 6
+
+
+def test_refresh_appends_new_images_reports_removed_ones_and_keeps_finished_chunks(ray_session, tmp_path):
+    pool = tmp_path / "pool"
+    write_pool(pool, good_files(6, seed=300))
+    config = FeaturizeConfig(source=str(pool), out=str(tmp_path / "store"), **TINY)
+    assert featurize(config, progress=False).featurized == 6
+    shards = tmp_path / "store" / "shards"
+    before = {p.name: p.read_bytes() for p in shards.glob("*.parquet")}
+    assert sorted(before) == ["part-000000.parquet", "part-000001.parquet"]  # 4 + 2 images
+
+    # A week later: 3 new images, one deleted.
+    added = write_pool(pool, {f"new/{n}": d for n, d in good_files(3, seed=301).items()})
+    os.remove(sorted(pool.glob("good-*"))[0])
+    summary = featurize(config, progress=False)
+    assert (summary.added_this_run, summary.removed_from_source, summary.processed_this_run) == (3, 1, 3)
+    assert "3 new images" in summary.lines() and "1 images of the store are gone" in summary.lines()
+    assert {name: (shards / name).read_bytes() for name in before} == before  # finished chunks not redone
+    assert sorted(p.name for p in shards.glob("*.parquet")) == [*sorted(before), "part-000002.parquet"]
+    store = FeatureStore(config.out)
+    rows = rows_of(store).column("uri").to_pylist()
+    assert len(rows) == 9 == len(set(rows)) and set(added) <= set(rows)
+    removed = pq.read_table(tmp_path / "store" / schema.STORE_REMOVED_FILE).column("uri").to_pylist()
+    assert len(removed) == 1 and removed[0] in rows and store.is_complete()
+    manifest = pq.read_table(tmp_path / "store" / schema.STORE_MANIFEST_FILE)
+    assert manifest.column("chunk_id").to_pylist() == [0, 0, 0, 0, 1, 1, 2, 2, 2]
+
+    # A source that became empty: a clear error, the store untouched.
+    for path in list(pool.rglob("*")):
+        if path.is_file():
+            path.unlink()
+    from raysel.storage import StorageError
+
+    with pytest.raises(StorageError, match="no files"):
+        featurize(config, progress=False)
+    assert rows_of(store).num_rows == 9 and store.is_complete()
+
+
+def test_store_of_format_1_is_migrated_and_a_newer_format_is_refused(ray_session, tmp_path):
+    write_pool(tmp_path / "pool", good_files(5, seed=310))
+    config = FeaturizeConfig(source=str(tmp_path / "pool"), out=str(tmp_path / "store"), **TINY)
+    featurize(config, progress=False)
+    store_dir = tmp_path / "store"
+    # What a format-1 store looks like: the manifest has URIs only, chunks are row // chunk_size.
+    manifest = pq.read_table(store_dir / schema.STORE_MANIFEST_FILE)
+    pq.write_table(manifest.select(["uri"]), store_dir / schema.STORE_MANIFEST_FILE)
+    metadata = json.loads((store_dir / schema.STORE_METADATA_FILE).read_text())
+    (store_dir / schema.STORE_METADATA_FILE).write_text(json.dumps({**metadata, "format_version": 1}))
+    summary = featurize(config, progress=False)
+    assert summary.processed_this_run == 0 and summary.featurized == 5
+    assert pq.read_table(store_dir / schema.STORE_MANIFEST_FILE).equals(manifest)
+    assert json.loads((store_dir / schema.STORE_METADATA_FILE).read_text())["format_version"] == schema.STORE_FORMAT_VERSION
+
+    (store_dir / schema.STORE_METADATA_FILE).write_text(json.dumps({**metadata, "format_version": 99}))
+    with pytest.raises(FeatureStoreError, match="store format 99, newer"):
+        featurize(config, progress=False)
+
+
+def rotation_model(path) -> str:
+    from raysel.pretext import checkpoints
+    from raysel.pretext.rotation import build_rotation_net
+
+    net, spec = build_rotation_net("test_resnet", image_size=32, seed=1)
+    checkpoints.save(checkpoints.export_model(net, "test_resnet", spec, {}), str(path))
+    return str(path)
+
+
+def test_cli_featurize_pretext_finishes_on_the_machines_real_cpus(tmp_path):
+    """The run that used to hang at 0% on 2 CPUs (decode + scorer + featurizer + K-Means > 2); no --num-cpus here."""
+    uris = write_pool(tmp_path / "pool", good_files(6, seed=320))
+    model = rotation_model(tmp_path / "rot.pt")
+    result = run_cli(["featurize", str(tmp_path / "pool"), "--out", str(tmp_path / "store"), "--pretext", model,
+                      "--model", "test_vit", "--random-init", "--clusters", "3", "--batch-size", "4", "--chunk-size", "4",
+                      "--no-progress", "--stall-timeout", "240"], timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "featurized: 6" in result.stdout
+    rows = rows_of(FeatureStore(str(tmp_path / "store")))
+    assert rows.column("uri").to_pylist() == uris
+    assert np.isfinite(rows.column(schema.PRETEXT_LOSS).to_numpy()).all()
+
+
+def test_cli_pretext_train_asking_for_every_cpu_per_worker_fails_fast_naming_the_flag(tmp_path):
+    write_pool(tmp_path / "pool", good_files(4, seed=330))
+    cpus = os.cpu_count()
+    started = time.time()
+    result = run_cli(["pretext", "train", str(tmp_path / "pool"), "--out", str(tmp_path / "m.pt"), "--model",
+                      "test_resnet", "--image-size", "32", "--epochs", "1", "--cpus-per-worker", str(cpus)], timeout=180)
+    assert result.returncode == 2, (result.stdout[-2000:], result.stderr[-3000:])
+    assert "--cpus-per-worker" in result.stderr and f"has {cpus}" in result.stderr and "raysel: error:" in result.stderr
+    assert time.time() - started < 170 and not (tmp_path / "m.pt").exists()
+
+
+def test_cli_stall_watchdog_ends_a_run_without_progress(tmp_path):
+    write_pool(tmp_path / "pool", good_files(4, seed=340))
+    result = run_cli(["featurize", str(tmp_path / "pool"), "--out", str(tmp_path / "store"), "--model", "test_vit",
+                      "--random-init", "--no-progress", "--stall-timeout", "0.2"], timeout=180)
+    assert result.returncode == 2 and "no progress for 0.2 s (--stall-timeout)" in result.stderr, result.stderr[-3000:]
+    assert not (tmp_path / "store" / schema.STORE_SUCCESS_FILE).exists()

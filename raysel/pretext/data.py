@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 IMAGE = "image"  # [B, S, S, 3] uint8, as raysel.images.DecodeBatch makes it
 ROWS_PER_BLOCK = 64  # URIs per input block: the unit of parallel decoding
+DECODE_CPUS = 0.5  # reservation of a decode task feeding the training workers
 
 
 class DecodeForTraining:
@@ -45,4 +46,4 @@ def training_dataset(
         for start in range(0, len(uris), ROWS_PER_BLOCK)
     ]
     decode = DecodeBatch(image_size, max_image_pixels, options, decode_threads)
-    return ray.data.from_arrow(blocks).map_batches(DecodeForTraining(decode), batch_size=ROWS_PER_BLOCK, num_cpus=0.5)
+    return ray.data.from_arrow(blocks).map_batches(DecodeForTraining(decode), batch_size=ROWS_PER_BLOCK, num_cpus=DECODE_CPUS)

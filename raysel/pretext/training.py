@@ -164,6 +164,10 @@ def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None) ->
     gpus = cluster_gpus()
     use_gpu = gpus > 0 and not config.cpu
     workers = config.num_workers or (gpus if use_gpu else 1)
+    from raysel.pretext.data import DECODE_CPUS
+    from raysel.runtime import check_training_resources, cluster_total_cpus
+
+    check_training_resources(cluster_total_cpus(), workers, config.cpus_per_worker, DECODE_CPUS)  # fail now, not hang
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # the same rows in the same order every epoch and every rerun
     trainer = TorchTrainer(

@@ -113,10 +113,16 @@ def test_featurize_pretext_stores_each_images_rotation_loss(pool, trained, store
     rows = FeatureStore(store).iter_tables(columns=[schema.URI, schema.PRETEXT_LOSS])
     stored = {u: l for table in rows for u, l in zip(table.column(schema.URI).to_pylist(), table.column(schema.PRETEXT_LOSS).to_pylist())}
     assert sorted(stored) == sorted(oracle)
-    # Reference: the featurize model's decode (160 px for test_vit), then the scorer alone, no Ray.
+    # Reference: the images as pretext training decodes them (32 px, straight from the bytes), then the scorer
+    # alone, no Ray. featurize decodes both sizes from the same bytes; scoring must see training's tensors.
+    from raysel.pretext.data import DecodeForTraining
+    from raysel.pretext.scorer import PRETEXT_IMAGE
+
     uris = sorted(oracle)
-    decoded = DecodeBatch(160, 10**8, StorageOptions())({"uri": np.array(uris, dtype=object)})
-    expected = PretextScorer(config.out)(decoded)[schema.PRETEXT_LOSS]
+    as_trained = DecodeForTraining(DecodeBatch(32, 10**8, StorageOptions()))({"uri": np.array(uris, dtype=object)})["image"]
+    as_scored = DecodeBatch(160, 10**8, StorageOptions(), extra_sizes={PRETEXT_IMAGE: 32})({"uri": np.array(uris, dtype=object)})
+    np.testing.assert_array_equal(as_scored[PRETEXT_IMAGE], as_trained)
+    expected = PretextScorer(config.out)({"image": as_trained})[schema.PRETEXT_LOSS]
     np.testing.assert_allclose([stored[u] for u in uris], expected, rtol=1e-4, atol=1e-5)
 
 
