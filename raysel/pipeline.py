@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from raysel import __version__, schema, storage
 from raysel.config import FeaturizeConfig, RayConfig
 from raysel.images import DecodeBatch, list_images
-from raysel.shard_writer import CHUNK_ID, PARTS_DIR, ROWS, PartWriter, commit_chunk, parts_dir
+from raysel.shard_writer import CHUNK_ID, PARTS_DIR, ROWS, PartWriter, commit_chunk
 from raysel.store import FeatureStore, FeatureStoreError, chunk_id_of
 
 log = logging.getLogger(__name__)
@@ -251,7 +251,6 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
     import ray
     from ray.data import ActorPoolStrategy
 
-    from raysel.cluster.knowledge_clusters import KnowledgeClusterer
     from raysel.embed.featurizer import Featurizer, KMeansSettings
 
     plan = featurize_plan(config)
@@ -259,8 +258,8 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
     if plan.scaled < 1:
         log.warning("the cluster is small for featurize: CPU reservations scaled by %.2f to fit (%s)",
                     plan.scaled, plan.describe())
-    for chunk_id in pending:  # leftovers of a killed run; the chunk is redone whole
-        storage.remove_tree(parts_dir(store, chunk_id), store.options)
+    # Parts are leftovers of a killed run: an unfinished chunk is redone whole (a finished one has its shard).
+    storage.remove_tree(store.path(PARTS_DIR), store.options)
 
     blocks = [
         pa.table({schema.URI: pa.array(uris, pa.string()), CHUNK_ID: pa.array([chunk_id] * len(uris), pa.int64())})
@@ -289,7 +288,7 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
         )
     in_actor_kmeans = plan.kmeans is None
     dataset = dataset.map_batches(
-        Featurizer,
+        WritingFeaturizer if in_actor_kmeans else Featurizer,
         fn_constructor_kwargs={
             "model_name": config.model,
             "weights": config.weights,
@@ -298,6 +297,7 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
             "storage_options": config.storage(),
             "seed": config.seed,
             "kmeans": KMeansSettings(config.clusters, config.kmeans_iters, config.kmeans_tol) if in_actor_kmeans else None,
+            **({"store": store} if in_actor_kmeans else {}),
         },
         batch_size=config.batch_size,
         compute=ActorPoolStrategy(size=plan.model.count),
@@ -306,13 +306,13 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
     )
     if not in_actor_kmeans:
         dataset = dataset.map_batches(
-            KnowledgeClusterer,
-            fn_constructor_kwargs={"clusters": config.clusters, "max_iters": config.kmeans_iters, "tol": config.kmeans_tol},
+            WritingKnowledgeClusterer,
+            fn_constructor_kwargs={"store": store, "clusters": config.clusters, "max_iters": config.kmeans_iters,
+                                   "tol": config.kmeans_tol},
             batch_size=max(config.batch_size, 128),
             compute=ActorPoolStrategy(size=plan.kmeans.count),
             num_cpus=plan.kmeans.num_cpus,
         )
-    dataset = dataset.map_batches(PartWriter(store), batch_size=None, num_cpus=plan.writer.num_cpus)
 
     commit = ray.remote(num_cpus=0, max_retries=3)(commit_chunk)
     expected = {chunk_id: len(uris) for chunk_id, uris in pending.items()}
@@ -404,6 +404,39 @@ def watched(batches: Iterator[Any], stall_timeout: float) -> Iterator[Any]:
             yield item
     finally:
         stop.set()
+
+
+def _writing(stage: type) -> type:
+    """`stage` whose output rows are written as part files where it runs; returns only (chunk_id, rows)."""
+
+    class Writing(stage):  # type: ignore[misc, valid-type]
+        def __init__(self, store: FeatureStore, **kwargs: Any):
+            super().__init__(**kwargs)
+            self.part_writer = PartWriter(store)
+
+        def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return self.part_writer(super().__call__(batch))
+
+    Writing.__name__ = Writing.__qualname__ = f"Writing{stage.__name__}"
+    return Writing
+
+
+class WritingKnowledgeClusterer:
+    """The CPU K-Means actor, writing its rows' part files itself (built lazily: no torch import for the driver)."""
+
+    def __new__(cls, store: FeatureStore, **kwargs: Any):
+        from raysel.cluster.knowledge_clusters import KnowledgeClusterer
+
+        return _writing(KnowledgeClusterer)(store, **kwargs)
+
+
+class WritingFeaturizer:
+    """The model actor with K-Means on its device (GPU clusters), writing its rows' part files itself."""
+
+    def __new__(cls, store: FeatureStore, **kwargs: Any):
+        from raysel.embed.featurizer import Featurizer
+
+        return _writing(Featurizer)(store, **kwargs)
 
 
 def features_table(

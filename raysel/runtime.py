@@ -44,7 +44,6 @@ MIN_CPU_RESERVATION = 0.05  # below this a stage's reservation means nothing; as
 DECODE_CPUS = 1.0  # a decode task keeps about one core busy (8 reads in flight, PIL decoding)
 MODEL_ACTOR_CPUS = 1.0  # the model actor's own Python thread (feeding the device / torch's threads)
 KMEANS_ACTOR_CPUS = 1.0  # a CPU K-Means actor runs torch on its core(s)
-WRITER_CPUS = 0.25  # a part-writer task: Parquet encoding of a batch's rows and one PUT
 # Ray rounds fractional resources to 1e-4; round down so that the sum never exceeds the cluster.
 _RESOURCE_GRAIN = 1e-4
 
@@ -80,11 +79,10 @@ class FeaturizePlan:
     model: StagePlan
     pretext: StagePlan | None
     kmeans: StagePlan | None  # None: K-Means runs inside the model actors (GPU clusters)
-    writer: StagePlan
     scaled: float = 1.0
 
     def stages(self) -> list[StagePlan]:
-        return [s for s in (self.decode, self.model, self.pretext, self.kmeans, self.writer) if s is not None]
+        return [s for s in (self.decode, self.model, self.pretext, self.kmeans) if s is not None]
 
     def describe(self) -> str:
         parts = []
@@ -138,7 +136,8 @@ def plan_featurize(
                 f"lower --model-actors to {int(gpus) or 1}"
             )
     actors = models * (2 if pretext else 1) + kmeans
-    demand = actors * MODEL_ACTOR_CPUS + DECODE_CPUS + WRITER_CPUS  # K-Means actors reserve what model actors do
+    # K-Means actors reserve what model actors do; the last actor stage also writes the part files.
+    demand = actors * MODEL_ACTOR_CPUS + DECODE_CPUS
     scale = min(1.0, cpus / demand)
     if scale * MODEL_ACTOR_CPUS < MIN_CPU_RESERVATION:
         raise ResourcePlanError(
@@ -147,8 +146,7 @@ def plan_featurize(
             "--model-actors / --kmeans-actors"
         )
     actor_cpus = _round_down(MODEL_ACTOR_CPUS * scale)
-    writer_cpus = _round_down(WRITER_CPUS * scale)
-    decode_cpus = _round_down(min(DECODE_CPUS, cpus - actors * actor_cpus - writer_cpus))
+    decode_cpus = _round_down(min(DECODE_CPUS, cpus - actors * actor_cpus))
     return FeaturizePlan(
         cluster_cpus=cpus,
         cluster_gpus=gpus,
@@ -156,7 +154,6 @@ def plan_featurize(
         model=StagePlan("featurizer", models, actor_cpus, gpu_per_model),
         pretext=StagePlan("pretext scorer", models, actor_cpus, gpu_per_model) if pretext else None,
         kmeans=StagePlan("k-means", kmeans, actor_cpus) if kmeans else None,
-        writer=StagePlan("writer", None, writer_cpus),
         scaled=scale,
     )
 
