@@ -258,6 +258,11 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
     if plan.scaled < 1:
         log.warning("the cluster is small for featurize: CPU reservations scaled by %.2f to fit (%s)",
                     plan.scaled, plan.describe())
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    if nodes > 1 and not storage.is_s3(store.uri):
+        log.warning("the store %s is a local path and the cluster has %d nodes: workers write part files there, "
+                    "so it must be a filesystem every node shares (NFS, ...); otherwise use an s3:// store",
+                    store.uri, nodes)
     # Parts are leftovers of a killed run: an unfinished chunk is redone whole (a finished one has its shard).
     storage.remove_tree(store.path(PARTS_DIR), store.options)
 

@@ -134,3 +134,16 @@ def test_decode_at_several_sizes_equals_decoding_at_each_size(tmp_path):
     np.testing.assert_array_equal(both["image"], DecodeBatch(48, LIMIT, StorageOptions())({"uri": uris})["image"])
     np.testing.assert_array_equal(both["pretext_image"], DecodeBatch(20, LIMIT, StorageOptions())({"uri": uris})["image"])
     assert both["pretext_image"].shape == (3, 20, 20, 3)
+
+
+@pytest.mark.s3
+def test_s3_listing_in_parallel_by_prefix_equals_a_sorted_find(s3_endpoint, s3_bucket):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    keys = ["top.jpg", "a.jpg", "a/1.png", "a/b/2.png", "a-b/3.png", "z/4.jpg", "z/_SUCCESS", ".hidden/5.jpg", "a/.x.jpg"]
+    for key in keys:
+        client.put_object(Bucket=s3_bucket, Key=f"pool/{key}", Body=b"x")
+    options = StorageOptions(s3_endpoint=s3_endpoint)
+    expected = sorted(f"s3://{s3_bucket}/pool/{k}" for k in ["top.jpg", "a.jpg", "a/1.png", "a/b/2.png", "a-b/3.png", "z/4.jpg"])
+    assert list_images(f"s3://{s3_bucket}/pool", options) == expected
