@@ -17,6 +17,9 @@ SECTIONS = [
     ("pretext.md", "PT4AL pretext training throughput", ".venv/bin/python benchmarks/bench_pretext.py"),
     ("cluster.md", "Local multi-node cluster vs embedded Ray", ".venv/bin/python benchmarks/bench_cluster.py"),
     ("gpu.md", "GPU figures", "see the file's own header"),
+    ("featurize_scale.md", "Featurize at scale: small vs large pool, driver memory, patch traffic",
+     "flock /tmp/raysel-heavy.lock .venv/bin/python benchmarks/bench_featurize_scale.py --small 10000 --large 100000 --out benchmarks/results/featurize_scale.md"),
+    ("gpu_check.md", "GPU check: model vs pipeline, batched K-Means, bf16 kept masks", "bash benchmarks/gpu_check.sh"),
 ]
 
 
