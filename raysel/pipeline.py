@@ -27,7 +27,6 @@ from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from raysel import __version__, schema, storage
 from raysel.config import FeaturizeConfig, RayConfig
