@@ -106,8 +106,6 @@ class NearestCenters:
             position[hot_cells] = np.arange(len(hot_cells))
             in_hot = position[owners] >= 0
             candidates, candidate_cells = assigned[in_hot], position[owners[in_hot]]
-            order = np.argsort(candidate_cells, kind="stable")  # a cell's vectors need the same centers: adjacent
-            candidates, candidate_cells = candidates[order], candidate_cells[order]
             padded = num_blocks * CENTER_BLOCK - len(factors)
             for start in range(0, len(candidates), TEST_CHUNK):
                 rows = candidates[start : start + TEST_CHUNK]
@@ -119,9 +117,11 @@ class NearestCenters:
                 keep = by_block.any(axis=1)
                 parts.append(rows[keep])
                 wants.append(by_block[keep])
+        rows, wanted = np.concatenate(parts), np.concatenate(wants)
+        order = np.lexsort(np.packbits(wanted, axis=1).T[::-1])  # rows needing the same center blocks: adjacent
         self.distance_evaluations += update_nearest(
-            self.points, self.point_factors, np.concatenate(parts), centers, factors, self.distance,
-            self.min_distance, self.nearest, first, np.concatenate(wants),
+            self.points, self.point_factors, rows[order], centers, factors, self.distance,
+            self.min_distance, self.nearest, first, wanted[order],
         )
         touched = [unassigned, candidates]
         # radii: exact again for the cells that were looked at and the new ones; the others
