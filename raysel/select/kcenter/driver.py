@@ -301,12 +301,14 @@ def kcenter_greedy_batched(
     shards: int = 1,
     candidates: int = 64,
     pruning: bool = True,
+    kernel: str = "numpy",
+    device: str | None = None,
 ) -> tuple[list[Pick], KCenterStats]:
     """The single-process path: the batched passes over in-process shards (no Ray).
 
     Same arguments and picks as `kcenter_greedy_reference`; `shards` splits the
     rows into that many in-process shards (to test the merge logic without Ray);
-    `pruning` as in `KCenterShard` (the picks do not depend on it).
+    `pruning`, `kernel` and `device` as in `KCenterShard` (the picks do not depend on them).
     """
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim == 2:
@@ -314,7 +316,7 @@ def kcenter_greedy_batched(
     uris = list(uris)
     labeled = list(dict.fromkeys(labeled))
     parts = [
-        KCenterShard(uris[start:stop], vectors[start:stop], distance, dtype, seeds=labeled, shard=index, pruning=pruning)
+        KCenterShard(uris[start:stop], vectors[start:stop], distance, dtype, seeds=labeled, shard=index, pruning=pruning, kernel=kernel, device=device)
         for index, (start, stop) in enumerate(split_rows(len(uris), shards))
     ]
     return run_kcenter(

@@ -29,6 +29,7 @@ from raysel.select.kcenter.bounds import NearestCenters
 from raysel.select.errors import BudgetError, DuplicateUriError, LabeledError
 
 SAMPLINGS = ("greedy", "prob")
+SHARD_KERNELS = ("numpy", "torch")
 
 
 def uri_ranks(uris: Sequence[str]) -> np.ndarray:
@@ -133,6 +134,9 @@ class KCenterShard:
         pruning: skip the distances the triangle inequality proves cannot change a
             min-distance (bounds.py); the min-distances, and so the picks, are the same bits.
         stored: `vectors` are already checked and in the storage dtype.
+        kernel: "numpy" (CPU, the default) or "torch": vectors held on `device` (a GPU
+            where there is one; torch_kernel.py), every distance computed (no pruning).
+        device: the torch device for kernel "torch" (default: cuda when available).
     """
 
     def __init__(
@@ -145,6 +149,8 @@ class KCenterShard:
         shard: int = 0,
         pruning: bool = True,
         stored: bool = False,
+        kernel: str = "numpy",
+        device: str | None = None,
     ) -> None:
         self.shard = shard
         self.uris = list(uris)
@@ -157,6 +163,17 @@ class KCenterShard:
             self.vectors, self.factors = prepare_vectors(vectors, self.uris, distance, dtype)
         count, clusters = self.vectors.shape[:2]
         self.min_distance = np.full((count, clusters), np.inf)
+        if kernel not in SHARD_KERNELS:
+            raise ValueError(f"kernel must be one of {SHARD_KERNELS}, got {kernel!r}")
+        self.kernel = kernel
+        self.device_pass = None
+        if kernel == "torch":
+            from raysel.select.kcenter.torch_kernel import TorchMinDistance
+
+            pruning = False
+            self.device_pass = TorchMinDistance(
+                self.vectors.reshape(count * clusters, self.vectors.shape[2]), self.factors.reshape(-1), distance, device
+            )
         self.pruning = pruning
         self.bounds = (
             NearestCenters(
@@ -218,6 +235,9 @@ class KCenterShard:
         if self.bounds is not None:
             live = np.repeat(self.eligible, self.vectors.shape[1])
             self.bounds.update(centers.vectors, centers.factors, live)
+        elif self.device_pass is not None:
+            self.device_pass.update(centers.vectors, centers.factors, self.min_distance.reshape(-1))
+            self.unpruned_evaluations += self.vectors.shape[0] * self.vectors.shape[1] * len(centers.factors)
         else:
             update_min_distance(
                 self.vectors.reshape(-1, dims),
@@ -241,6 +261,7 @@ class KCenterShard:
         return {
             "passes": self.passes,
             "pruning": self.pruning,
+            "kernel": self.kernel if self.device_pass is None else f"torch:{self.device_pass.device}",
             "distance_evaluations": int(self.distance_evaluations),
             "center_distance_evaluations": int(bounds.center_distance_evaluations) if bounds is not None else 0,
         }
