@@ -107,7 +107,7 @@ def render(rows: list[tuple[str, int, list[dict]]], args: argparse.Namespace) ->
         f"all variants of a row group in the same run. Machine: {platform.machine()}, {os.cpu_count()} CPUs shared "
         "with other jobs (wall varies; distance evaluations do not).",
         "",
-        "| store | budget | variant | passes | vector-center distances | center-center distances | fewer than (b) | select wall s | faster than (b) | CPU s | peak RSS GiB | same picks |",
+        "| store | budget | variant | passes | vector-center distances | center-center distances | fewer than (b) | select wall s | CPU s (load + select) | less CPU than (b) | peak RSS GiB | same picks |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for store, budget, results in rows:
@@ -116,7 +116,7 @@ def render(rows: list[tuple[str, int, list[dict]]], args: argparse.Namespace) ->
             lines.append(
                 f"| {store} | {budget} | {r['name']} | {r['passes']} | {r['distance_evaluations']:,} | "
                 f"{r['center_distance_evaluations']:,} | {base['distance_evaluations'] / max(1, r['distance_evaluations']):.1f}x | "
-                f"{r['select_s']:.1f} | {base['select_s'] / r['select_s']:.2f}x | {r['cpu_s']:.0f} | {r['rss'] / 2**30:.2f} | "
+                f"{r['select_s']:.1f} | {r['cpu_s']:.1f} | {base['cpu_s'] / r['cpu_s']:.2f}x | {r['rss'] / 2**30:.2f} | "
                 f"{'yes' if r['picks'] == base['picks'] else '**no**'} |"
             )
     return "\n".join(lines)
@@ -135,6 +135,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--render-only", action="store_true", help="re-render the results already in --workdir")
     parser.add_argument("--variant", help=argparse.SUPPRESS)
     parser.add_argument("--store", help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=int, help=argparse.SUPPRESS)
@@ -151,7 +152,7 @@ def main() -> None:
     rows = []
     for kind in args.stores.split(","):
         store = os.path.join(workdir, f"{kind}-{args.images}x{args.clusters}x{args.dims}")
-        if not os.path.exists(os.path.join(store, "_SUCCESS")):
+        if not args.render_only and not os.path.exists(os.path.join(store, "_SUCCESS")):
             print(f"writing {store} ...", file=sys.stderr)
             if kind == "isotropic":
                 write_synthetic_store(store, args.images, args.clusters, args.dims, seed=args.seed)
@@ -162,6 +163,10 @@ def main() -> None:
             results = []
             for variant in variants:
                 path = os.path.join(workdir, f"{kind}-{budget}-{variant}.json")
+                if args.render_only:
+                    if os.path.exists(path):
+                        results.append(json.loads(Path(path).read_text()))
+                    continue
                 print(f"{kind} budget {budget}: {variant} ...", file=sys.stderr, flush=True)
                 subprocess.run(
                     [sys.executable, __file__, "--variant", variant, "--store", store, "--budget", str(budget),
@@ -171,6 +176,8 @@ def main() -> None:
                 )
                 results.append(json.loads(Path(path).read_text()))
                 print(f"  {results[-1]['select_s']:.1f}s, {results[-1]['distance_evaluations']:,} distances", file=sys.stderr)
+            if not any(r["name"].startswith("(b)") for r in results):
+                continue
             rows.append((kind if kind != "low-dim" else f"low-dim ({args.latent}-d subspace)", budget, results))
             report = render(rows, args)
             args.results.parent.mkdir(parents=True, exist_ok=True)

@@ -24,11 +24,15 @@ def test_pruned_and_unpruned_runs_agree_and_record_their_work(ray_session, tmp_p
     store = make_store(synth.table(uris, vectors), rows_per_shard=150)
     expected = select_reference(vectors, uris, 50, seed=2, dtype="float16")
     figures = {}
-    for no_pruning in (False, True):
-        out = str(tmp_path / f"selection-{no_pruning}.parquet")
+    for no_pruning, kernel in ((False, "numpy"), (True, "numpy"), (False, "torch")):
+        out = str(tmp_path / f"selection-{no_pruning}-{kernel}.parquet")
         config = SelectConfig(store=store, out=out, budget=50, seed=2, shards=2, candidates=8, dtype="float16",
-                              no_pruning=no_pruning)
+                              no_pruning=no_pruning, shard_kernel=kernel)
         table = run_selection(config, progress=False)
+        if kernel == "torch":  # the same images in the same order; scores to the last bits (torch_kernel.py)
+            assert table.column("uri").equals(expected.column("uri"))
+            assert all(s["kernel"].startswith("torch") for s in json.load(open(out + ".config.json"))["stats"]["shards"])
+            continue
         assert table.equals(expected)
         assert pq.read_table(out).equals(table)
         figures[no_pruning] = json.load(open(out + ".config.json"))["stats"]

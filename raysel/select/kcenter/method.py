@@ -11,7 +11,7 @@ from raysel.config import SelectConfig
 from raysel.select.base import SelectionContext, SelectionMethod, selection_table
 from raysel.select.distances import check_distance, storage_dtype
 from raysel.select.errors import SelectionConfigError
-from raysel.select.kcenter.kernel import SAMPLINGS
+from raysel.select.kcenter.kernel import SAMPLINGS, SHARD_KERNELS
 from raysel.select.kcenter.driver import check_budget, run_kcenter
 from raysel.select.pool.store_rows import READ_BATCH_ROWS, RowSlice, plan_shards
 from raysel.store import FeatureStore
@@ -63,6 +63,8 @@ class KCenterMethod(SelectionMethod):
         storage_dtype(config.dtype)
         if config.shards < 1:
             raise SelectionConfigError(f"--shards must be >= 1, got {config.shards}")
+        if config.shard_kernel not in SHARD_KERNELS:
+            raise SelectionConfigError(f"--shard-kernel must be one of {list(SHARD_KERNELS)}, got {config.shard_kernel!r}")
         if config.candidates < 1:
             raise SelectionConfigError(f"--candidates must be >= 1, got {config.candidates}")
 
@@ -83,6 +85,7 @@ class KCenterMethod(SelectionMethod):
             config.dtype,
             seeds,
             pruning=not config.no_pruning,
+            kernel=config.shard_kernel,
             memory_per_actor=[shard_memory_bytes(store, part, self.column, config.dtype) for part in plan],
         )
         try:

@@ -75,6 +75,7 @@ class ShardActor:
         threads: int,
         seed: int,
         pruning: bool = True,
+        kernel: str = "numpy",
     ) -> ShardSummary:
         started = time.perf_counter()
         distances.set_threads(threads)
@@ -84,7 +85,8 @@ class ShardActor:
             return distances.store_vectors(part, uris, distance, dtype)  # checked and rounded per read batch
 
         uris, vectors = load_rows(FeatureStore(store_uri, options), slices, column, convert=to_storage, dtype=dtype)
-        self.shard = KCenterShard(uris, vectors, distance, dtype, seeds=seeds, shard=self.index, pruning=pruning, stored=True)
+        self.shard = KCenterShard(uris, vectors, distance, dtype, seeds=seeds, shard=self.index, pruning=pruning, stored=True,
+            kernel=kernel, device=None)
         del vectors
         self.load_seconds = time.perf_counter() - started
         shard = self.shard
@@ -165,6 +167,7 @@ class RayShardGroup(ShardGroup):
         max_restarts: int = MAX_RESTARTS,
         pruning: bool = True,
         memory_per_actor: Sequence[int] | None = None,
+        kernel: str = "numpy",
     ) -> None:
         self.store = store
         self.plan = plan
@@ -177,10 +180,14 @@ class RayShardGroup(ShardGroup):
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         self.actor_cpus = min(1.0, cpus / num_shards)  # never more than the cluster has in all
         self.pruning = pruning
+        self.kernel = kernel
+        gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        self.actor_gpus = min(1.0, gpus / num_shards) if kernel == "torch" and gpus > 0 else 0.0  # CPU torch without GPUs
         self.memory_per_actor = list(memory_per_actor) if memory_per_actor is not None else [0] * num_shards
         self.actors = [
             RemoteShardActor.options(
                 num_cpus=self.actor_cpus,
+                num_gpus=self.actor_gpus,
                 max_restarts=max_restarts,
                 max_task_retries=0,
                 scheduling_strategy="SPREAD",  # shards over the nodes, not packed on the first
@@ -208,6 +215,7 @@ class RayShardGroup(ShardGroup):
             self.threads[index],
             self.seed,
             self.pruning,
+            self.kernel,
         )
 
     def _recover(self, index: int) -> None:
