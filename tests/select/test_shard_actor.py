@@ -9,6 +9,7 @@ import pytest
 
 from raysel.config import SelectConfig
 from raysel.select import run_selection, select_reference
+from raysel.select.errors import SelectionConfigError
 from raysel.select.kcenter.method import shard_memory_bytes
 from raysel.select.pool.store_rows import plan_shards
 from raysel.store import FeatureStore
@@ -52,3 +53,6 @@ def test_shard_memory_is_declared_from_the_footers(tmp_path, make_store, synth):
     vector_bytes = 200 * 4 * 32 * 4
     assert all(value - 256 * 2**20 >= vector_bytes for value in float32)
     assert all(0 < a - b <= vector_bytes for a, b in zip(float32, float16))
+    with pytest.raises(SelectionConfigError, match="--shard-kernel must be one of"):
+        run_selection(SelectConfig(store=store.uri, out=str(tmp_path / "s.parquet"), budget=5, shard_kernel="cuda"))
+    assert not (tmp_path / "s.parquet").exists()
