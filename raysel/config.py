@@ -90,6 +90,12 @@ class SelectConfig:
     shards: int = _opt(1, "Shard actors holding the vectors")
     dtype: str = _opt("float32", "Shard storage dtype: float32 or float16")
     candidates: int = _opt(64, "Candidates per pass of the batched exact K-Center-Greedy")
+    no_pruning: bool = _opt(
+        False, "geal/coreset: compute every distance of every pass (no triangle-inequality skips; same picks)"
+    )
+    shard_kernel: str = _opt(
+        "numpy", "geal/coreset: 'numpy' (CPU) or 'torch' (vectors held on the shard actor's GPU when the cluster has GPUs)"
+    )
     checkpoint_every: int = _opt(100, "Checkpoint the selection state every this many picks")
     s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
     # --- label-aware methods: pt4al, uncertainty (docs/pt4al.md) ---

@@ -131,7 +131,7 @@ class LocalShardGroup(ShardGroup):
         return [s.draw(seed, index) for s in self.shards]
 
     def shard_stats(self) -> list[dict]:
-        return [{"shard": s.shard, "rows": s.num_rows, "passes": s.passes} for s in self.shards]
+        return [{"shard": s.shard, "rows": s.num_rows, **s.work_stats()} for s in self.shards]
 
 
 def check_shards(
@@ -185,7 +185,18 @@ class KCenterStats:
     round_trips: int = 0  # selection round trips (passes for greedy, picks for prob)
     setup_round_trips: int = 0
     seconds: float = 0.0
+    driver_distance_evaluations: int = 0  # the driver's simulated picks among the candidates
     shards: list[dict] = field(default_factory=list)
+
+    @property
+    def distance_evaluations(self) -> int:
+        """(vector, center) distances computed on all shards."""
+        return sum(int(shard.get("distance_evaluations", 0)) for shard in self.shards)
+
+    @property
+    def passes(self) -> int:
+        """Passes over the stored vectors (the most any shard made: seeding + one per round trip)."""
+        return max((int(shard.get("passes", 0)) for shard in self.shards), default=0)
 
     @property
     def picks_per_round_trip(self) -> float:
@@ -201,6 +212,10 @@ class KCenterStats:
             "setup_round_trips": self.setup_round_trips,
             "picks_per_round_trip": round(self.picks_per_round_trip, 3),
             "seconds": round(self.seconds, 3),
+            "passes": self.passes,
+            "distance_evaluations": self.distance_evaluations,
+            "center_distance_evaluations": sum(int(s.get("center_distance_evaluations", 0)) for s in self.shards),
+            "driver_distance_evaluations": self.driver_distance_evaluations,
             "shards": self.shards,
         }
 
@@ -249,6 +264,7 @@ def run_kcenter(
             proposals = group.propose(pending, picked, candidates)
             pool = merge_proposals(proposals, candidates)
             steps = simulate_greedy(pool, budget - len(picks), distance)
+            stats.driver_distance_evaluations += len(steps) * pool.cluster_min.size * pool.cluster_min.shape[1]
             members = [member for member, _ in steps]
             new = [Pick(pool.uris[member], score) for member, score in steps]
             pending = [group.put(pool.centers(members))]
@@ -284,11 +300,15 @@ def kcenter_greedy_batched(
     dtype: str = "float32",
     shards: int = 1,
     candidates: int = 64,
+    pruning: bool = True,
+    kernel: str = "numpy",
+    device: str | None = None,
 ) -> tuple[list[Pick], KCenterStats]:
     """The single-process path: the batched passes over in-process shards (no Ray).
 
     Same arguments and picks as `kcenter_greedy_reference`; `shards` splits the
-    rows into that many in-process shards (to test the merge logic without Ray).
+    rows into that many in-process shards (to test the merge logic without Ray);
+    `pruning`, `kernel` and `device` as in `KCenterShard` (the picks do not depend on them).
     """
     vectors = np.asarray(vectors, dtype=np.float32)
     if vectors.ndim == 2:
@@ -296,7 +316,7 @@ def kcenter_greedy_batched(
     uris = list(uris)
     labeled = list(dict.fromkeys(labeled))
     parts = [
-        KCenterShard(uris[start:stop], vectors[start:stop], distance, dtype, seeds=labeled, shard=index)
+        KCenterShard(uris[start:stop], vectors[start:stop], distance, dtype, seeds=labeled, shard=index, pruning=pruning, kernel=kernel, device=device)
         for index, (start, stop) in enumerate(split_rows(len(uris), shards))
     ]
     return run_kcenter(

@@ -24,10 +24,12 @@ import numpy as np
 
 from raysel.select import draws
 from raysel.select.base import Pick
-from raysel.select.distances import pairwise_distances, prepare_vectors, update_min_distance
+from raysel.select.distances import norm_factors, pairwise_distances, prepare_vectors, storage_dtype, update_min_distance
+from raysel.select.kcenter.bounds import NearestCenters
 from raysel.select.errors import BudgetError, DuplicateUriError, LabeledError
 
 SAMPLINGS = ("greedy", "prob")
+SHARD_KERNELS = ("numpy", "torch")
 
 
 def uri_ranks(uris: Sequence[str]) -> np.ndarray:
@@ -116,16 +118,25 @@ class KCenterShard:
     """One shard's rows and their K-Center state.
 
     Holds `vectors` [n, K, D] (float32 or float16), `factors` [n, K] float64,
-    `min_distance` [n, K] float64 and `eligible` [n] bool: shard bytes plus O(n).
+    `min_distance` [n, K] float64 and `eligible` [n] bool: shard bytes plus O(n)
+    (with pruning also each vector's nearest center, and the selected centers).
 
     Args:
         uris: [n] image uris.
-        vectors: [n, K, D] float32 raw vectors (checked, normalised per `distance`).
+        vectors: [n, K, D] float32 raw vectors (checked, normalised per `distance`),
+            or vectors already in the storage dtype from `distances.store_vectors`
+            (`stored=True`: only the norm factors are computed).
         distance: "cosine" or "euclidean".
         dtype: storage dtype, "float32" or "float16".
         seeds: uris whose vectors start in the selected pool and that are never picked
             (labeled images, picks restored from a checkpoint).
         shard: this shard's index (echoed in proposals).
+        pruning: skip the distances the triangle inequality proves cannot change a
+            min-distance (bounds.py); the min-distances, and so the picks, are the same bits.
+        stored: `vectors` are already checked and in the storage dtype.
+        kernel: "numpy" (CPU, the default) or "torch": vectors held on `device` (a GPU
+            where there is one; torch_kernel.py), every distance computed (no pruning).
+        device: the torch device for kernel "torch" (default: cuda when available).
     """
 
     def __init__(
@@ -136,13 +147,42 @@ class KCenterShard:
         dtype: str = "float32",
         seeds: Iterable[str] = (),
         shard: int = 0,
+        pruning: bool = True,
+        stored: bool = False,
+        kernel: str = "numpy",
+        device: str | None = None,
     ) -> None:
         self.shard = shard
         self.uris = list(uris)
         self.distance = distance
-        self.vectors, self.factors = prepare_vectors(vectors, self.uris, distance, dtype)
+        if stored:
+            if vectors.dtype != storage_dtype(dtype):
+                raise ValueError(f"stored vectors are {vectors.dtype}, expected {dtype}")
+            self.vectors, self.factors = np.ascontiguousarray(vectors), norm_factors(vectors, distance)
+        else:
+            self.vectors, self.factors = prepare_vectors(vectors, self.uris, distance, dtype)
         count, clusters = self.vectors.shape[:2]
         self.min_distance = np.full((count, clusters), np.inf)
+        if kernel not in SHARD_KERNELS:
+            raise ValueError(f"kernel must be one of {SHARD_KERNELS}, got {kernel!r}")
+        self.kernel = kernel
+        self.device_pass = None
+        if kernel == "torch":
+            from raysel.select.kcenter.torch_kernel import TorchMinDistance
+
+            pruning = False
+            self.device_pass = TorchMinDistance(
+                self.vectors.reshape(count * clusters, self.vectors.shape[2]), self.factors.reshape(-1), distance, device
+            )
+        self.pruning = pruning
+        self.bounds = (
+            NearestCenters(
+                self.vectors.reshape(count * clusters, self.vectors.shape[2]), self.factors.reshape(-1), distance, self.min_distance.reshape(-1)
+            )
+            if pruning
+            else None
+        )
+        self.unpruned_evaluations = 0
         self.eligible = np.ones(count, dtype=bool)
         self.uri_rank = uri_ranks(self.uris)
         self.hashes = draws.uri_hashes(self.uris)
@@ -192,15 +232,39 @@ class KCenterShard:
         if centers is None or not self.num_rows:
             return
         _, dims = self.shape
-        update_min_distance(
-            self.vectors.reshape(-1, dims),
-            self.factors.reshape(-1),
-            centers.vectors,
-            centers.factors,
-            self.distance,
-            self.min_distance.reshape(-1),
-        )
+        if self.bounds is not None:
+            live = np.repeat(self.eligible, self.vectors.shape[1])
+            self.bounds.update(centers.vectors, centers.factors, live)
+        elif self.device_pass is not None:
+            self.device_pass.update(centers.vectors, centers.factors, self.min_distance.reshape(-1))
+            self.unpruned_evaluations += self.vectors.shape[0] * self.vectors.shape[1] * len(centers.factors)
+        else:
+            update_min_distance(
+                self.vectors.reshape(-1, dims),
+                self.factors.reshape(-1),
+                centers.vectors,
+                centers.factors,
+                self.distance,
+                self.min_distance.reshape(-1),
+            )
+            self.unpruned_evaluations += self.vectors.shape[0] * self.vectors.shape[1] * len(centers.factors)
         self.passes += 1
+
+    @property
+    def distance_evaluations(self) -> int:
+        """(vector, center) distances computed by this shard's passes so far."""
+        return self.bounds.distance_evaluations if self.bounds is not None else self.unpruned_evaluations
+
+    def work_stats(self) -> dict:
+        """Passes and distance work of this shard (for `<out>.config.json`)."""
+        bounds = self.bounds
+        return {
+            "passes": self.passes,
+            "pruning": self.pruning,
+            "kernel": self.kernel if self.device_pass is None else f"torch:{self.device_pass.device}",
+            "distance_evaluations": int(self.distance_evaluations),
+            "center_distance_evaluations": int(bounds.center_distance_evaluations) if bounds is not None else 0,
+        }
 
     def scores(self) -> np.ndarray:
         """Image scores: max over clusters of min-distance; -inf when not eligible. [n] float64."""

@@ -74,11 +74,19 @@ class ShardActor:
         seeds: list[str],
         threads: int,
         seed: int,
+        pruning: bool = True,
+        kernel: str = "numpy",
     ) -> ShardSummary:
         started = time.perf_counter()
         distances.set_threads(threads)
-        uris, vectors = load_rows(FeatureStore(store_uri, options), slices, column)
-        self.shard = KCenterShard(uris, vectors, distance, dtype, seeds=seeds, shard=self.index)
+        distances.storage_dtype(dtype)
+
+        def to_storage(part: np.ndarray, uris: list[str]) -> np.ndarray:
+            return distances.store_vectors(part, uris, distance, dtype)  # checked and rounded per read batch
+
+        uris, vectors = load_rows(FeatureStore(store_uri, options), slices, column, convert=to_storage, dtype=dtype)
+        self.shard = KCenterShard(uris, vectors, distance, dtype, seeds=seeds, shard=self.index, pruning=pruning, stored=True,
+            kernel=kernel, device=None)
         del vectors
         self.load_seconds = time.perf_counter() - started
         shard = self.shard
@@ -125,7 +133,7 @@ class ShardActor:
         return {
             "shard": self.index,
             "rows": shard.num_rows if shard else 0,
-            "passes": shard.passes if shard else 0,
+            **(shard.work_stats() if shard else {"passes": 0}),
             "vector_bytes": int(shard.vectors.nbytes) if shard else 0,
             "load_seconds": round(self.load_seconds, 3),
             "peak_rss_bytes": peak_rss_bytes(),
@@ -157,6 +165,9 @@ class RayShardGroup(ShardGroup):
         dtype: str,
         seeds: Sequence[str],
         max_restarts: int = MAX_RESTARTS,
+        pruning: bool = True,
+        memory_per_actor: Sequence[int] | None = None,
+        kernel: str = "numpy",
     ) -> None:
         self.store = store
         self.plan = plan
@@ -168,8 +179,20 @@ class RayShardGroup(ShardGroup):
         self.num_shards = num_shards
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         self.actor_cpus = min(1.0, cpus / num_shards)  # never more than the cluster has in all
+        self.pruning = pruning
+        self.kernel = kernel
+        gpus = float(ray.cluster_resources().get("GPU", 0.0))
+        self.actor_gpus = min(1.0, gpus / num_shards) if kernel == "torch" and gpus > 0 else 0.0  # CPU torch without GPUs
+        self.memory_per_actor = list(memory_per_actor) if memory_per_actor is not None else [0] * num_shards
         self.actors = [
-            RemoteShardActor.options(num_cpus=self.actor_cpus, max_restarts=max_restarts, max_task_retries=0).remote(index)
+            RemoteShardActor.options(
+                num_cpus=self.actor_cpus,
+                num_gpus=self.actor_gpus,
+                max_restarts=max_restarts,
+                max_task_retries=0,
+                scheduling_strategy="SPREAD",  # shards over the nodes, not packed on the first
+                **({"memory": self.memory_per_actor[index]} if self.memory_per_actor[index] > 0 else {}),
+            ).remote(index)
             for index in range(num_shards)
         ]
         self.threads = [1] * num_shards
@@ -191,6 +214,8 @@ class RayShardGroup(ShardGroup):
             self.seeds,
             self.threads[index],
             self.seed,
+            self.pruning,
+            self.kernel,
         )
 
     def _recover(self, index: int) -> None:
@@ -224,6 +249,10 @@ class RayShardGroup(ShardGroup):
         refs = [getattr(actor, method).remote(*args_of(index)) for index, actor in enumerate(self.actors)]
         if self.after_submit is not None:
             self.after_submit(method, self)
+        try:
+            return self._get(refs)  # one ray.get for all actors: the common case
+        except RayActorError:
+            pass  # some actor died: gather one by one, recovering the dead ones
         results = []
         for index, ref in enumerate(refs):
             for attempt in range(MAX_RESTARTS + 2):

@@ -8,6 +8,7 @@ footers (row counts); each actor reads its own rows.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -90,16 +91,26 @@ def _read_batches(store: FeatureStore, piece: RowSlice, columns: list[str]):
         raise FeatureStoreError(f"cannot read shard {piece.file}: {exc}") from exc
 
 
-def load_rows(store: FeatureStore, slices: list[RowSlice], column: str) -> tuple[list[str], np.ndarray]:
+def load_rows(
+    store: FeatureStore,
+    slices: list[RowSlice],
+    column: str,
+    convert: Callable[[np.ndarray, list[str]], np.ndarray] | None = None,
+    dtype: str = "float32",
+) -> tuple[list[str], np.ndarray]:
     """Uris and vectors of the rows in `slices`.
 
     Args:
         store: the feature store.
         slices: rows to read.
         column: `clusters` ([K][D] per row) or `embedding` ([D] per row, read as K = 1).
+        convert: applied to each read batch ([b, K, D] float32, its uris) before it is
+            stored, returning [b, K, D] in `dtype` (e.g. check and round to float16), so
+            no float32 copy of the whole shard is ever built.
+        dtype: the dtype of the returned vectors (what `convert` returns).
 
     Returns:
-        uris [n], vectors [n, K, D] float32 (peak memory: these plus a few thousand rows).
+        uris [n], vectors [n, K, D] `dtype` (peak memory: these plus a few thousand rows).
     """
     if column not in VECTOR_COLUMNS:
         raise ValueError(f"unknown vector column {column!r}; expected one of {sorted(VECTOR_COLUMNS)}")
@@ -116,17 +127,18 @@ def load_rows(store: FeatureStore, slices: list[RowSlice], column: str) -> tuple
             if part.ndim == 2:
                 part = part[:, None, :]
             if vectors is None:
-                vectors = np.empty((total,) + part.shape[1:], dtype=np.float32)
+                vectors = np.empty((total,) + part.shape[1:], dtype=dtype)
             elif part.shape[1:] != vectors.shape[1:]:
                 raise InconsistentVectorsError(
                     f"{piece.file}: rows have K={part.shape[1]}, D={part.shape[2]} but earlier rows of the store have "
                     f"K={vectors.shape[1]}, D={vectors.shape[2]} (column {column!r}): mixed K or dimensions"
                 )
-            vectors[filled : filled + len(part)] = part
+            batch_uris = batch.column(schema.URI).to_pylist()
+            vectors[filled : filled + len(part)] = part if convert is None else convert(part, batch_uris)
             filled += len(part)
-            uris.extend(batch.column(schema.URI).to_pylist())
+            uris.extend(batch_uris)
     if vectors is None:
-        vectors = np.empty((0, 1, 1), dtype=np.float32)
+        vectors = np.empty((0, 1, 1), dtype=dtype)
     if any(uri is None for uri in uris):
         raise FeatureStoreError(f"null uris in {describe(slices)}")
     return uris, vectors
