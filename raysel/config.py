@@ -191,6 +191,9 @@ class ReportConfig:
     )
     weights: str | None = _opt(None, "Overlays: checkpoint to load (default: what the store's metadata records)")
     random_init: bool = _opt(False, "Overlays: random weights seeded as in the store (tests); default: as the store records")
+    duplicates: str | None = _opt(
+        None, "`raysel dedup` output: adds how many were removed and a few pairs (default: the selection's --exclude)"
+    )
     s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
 
     def storage(self) -> StorageOptions:

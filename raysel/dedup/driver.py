@@ -163,7 +163,7 @@ def run_dedup(config: DedupConfig) -> pa.Table:
         tick = time.time()
         owner = owners(sizes, len(actors))
         parts = len(actors)
-        bundle_refs = [actor.bundles.options(num_returns=parts).remote(owner) for actor in actors]
+        bundle_refs = [actor.bundles.options(num_returns=parts).remote(owner, parts) for actor in actors]
         if parts == 1:
             bundle_refs = [[ref] for ref in bundle_refs]
         results = _get([

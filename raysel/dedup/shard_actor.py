@@ -82,11 +82,11 @@ class DedupShard:
         self.labels, self.similarity = labels, similarity
         return np.bincount(labels, minlength=len(centers))
 
-    def bundles(self, owner: np.ndarray) -> list[dict]:
-        """One bundle per actor: this actor's rows whose cluster that actor owns."""
+    def bundles(self, owner: np.ndarray, parts: int) -> list[dict] | dict:
+        """One bundle per actor (`parts` of them): this actor's rows whose cluster that actor owns."""
         destination = owner[self.labels]
         out = []
-        for part in range(int(owner.max()) + 1 if len(owner) else 0):
+        for part in range(parts):
             rows = np.nonzero(destination == part)[0]
             out.append({
                 "uris": [self.uris[i] for i in rows],
