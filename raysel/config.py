@@ -351,7 +351,7 @@ class DedupConfig:
     Spherical K-Means over the L2-normalized embeddings on shard actors, then, inside each cluster
     on the actor holding it, every pair with cosine >= threshold is linked; each connected group
     keeps the image closest to its cluster centroid (ties: the smallest uri) and the others are
-    written with the kept image they duplicate (docs/dedup.md).
+    written with the kept image they duplicate (docs/operations.md, "Near-duplicates").
     """
 
     store: str = _opt("", "Feature store directory (local or s3://) with an 'embedding' column", positional=True)

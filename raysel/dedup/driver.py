@@ -171,6 +171,7 @@ def run_dedup(config: DedupConfig) -> pa.Table:
             for dest in range(parts)
         ])
         seconds["pairwise"] = time.time() - tick
+        actor_peak_rss = _get([actor.peak_rss_bytes.remote() for actor in actors])
     finally:
         for actor in actors:
             ray.kill(actor)
@@ -190,6 +191,7 @@ def run_dedup(config: DedupConfig) -> pa.Table:
             "kmeans_steps": steps,
             "largest_cluster": int(sizes.max()),
             "actors": len(actors),
+            "actor_peak_rss_bytes": actor_peak_rss,
             "seconds": summary.seconds,
             "wall_seconds": round(time.time() - started, 3),
             "raysel_version": __version__,

@@ -96,6 +96,11 @@ class DedupShard:
             })
         return out if len(out) > 1 else out[0]
 
+    def peak_rss_bytes(self) -> int:
+        import resource
+
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
     def duplicates(self, threshold: float, *bundles: dict) -> dict:
         """Removed rows of the clusters in `bundles`: uri, duplicate_of, similarity, cluster; and group count."""
         return duplicates_of_bundles(threshold, list(bundles))
