@@ -168,12 +168,12 @@ def _labeling_command(parser: argparse.ArgumentParser, argv: list[str], command:
     _apply_yaml(subparser, argv, (config_cls, RayConfig) if command == "dedup" else (config_cls,))
     args = parser.parse_args(argv)
     config = _dataclass_cli.build(config_cls, args)
-    if command == "export":
-        from raysel.api import export
+    if command == "export":  # straight to the package: raysel.api would import torch and Ray first
+        from raysel.export import export_selection
 
-        print(export(config).lines())
+        print(export_selection(config).lines())
     elif command == "import-labels":
-        from raysel.api import import_labels
+        from raysel.export import import_labels
 
         print(import_labels(config).lines())
     else:
