@@ -5,6 +5,8 @@
     select(SelectConfig(store="s3://bucket/store", budget=1000, out="selection.parquet"))
     train_pretext(PretextConfig(source="s3://bucket/images", out="s3://bucket/pretext.pt"))  # PT4AL, docs/pt4al.md
     simulate(SimulateConfig(store="pool/", labels="pool.csv", test_store="test/", test_labels="test.csv", out="sim/"))
+    dedup(DedupConfig(store="s3://bucket/store", threshold=0.95, out="duplicates.parquet"))
+    export(ExportConfig(selection="selection.parquet", format="label-studio", out="tasks.json"))
 """
 from __future__ import annotations
 
@@ -13,11 +15,13 @@ import os
 import pyarrow as pa
 
 from raysel.config import FeaturizeConfig, PretextConfig, RayConfig, ReportConfig, SelectConfig, SimulateConfig
+from raysel.config import DedupConfig, ExportConfig, ImportLabelsConfig
 from raysel.pipeline import FeaturizeSummary
 from raysel.pipeline import featurize as _featurize
 
 __all__ = ["FeaturizeConfig", "SelectConfig", "PretextConfig", "RayConfig", "featurize", "select", "train_pretext", "demo",
-           "ReportConfig", "report", "SimulateConfig", "simulate"]
+           "ReportConfig", "report", "SimulateConfig", "simulate",
+           "ExportConfig", "export", "ImportLabelsConfig", "import_labels", "DedupConfig", "dedup"]
 
 DEMO_MODEL = "test_vit"  # timm's tiny registered ViT: no download, random init
 
@@ -56,6 +60,30 @@ def simulate(config: SimulateConfig, ray_config: RayConfig | None = None) -> pa.
     config.validate()
     ensure_ray(ray_config)
     return run_simulation(config)
+
+
+def export(config: ExportConfig):
+    """Write a selection in a labeling tool's format (no Ray needed); returns an ExportSummary. See raysel.export."""
+    from raysel.export import export_selection
+
+    return export_selection(config)
+
+
+def import_labels(config: ImportLabelsConfig):
+    """A Label Studio JSON export or COCO file -> uri,label (no Ray needed); returns an ImportSummary."""
+    from raysel.export import import_labels as _import_labels
+
+    return _import_labels(config)
+
+
+def dedup(config: DedupConfig, ray_config: RayConfig | None = None) -> pa.Table:
+    """Near-duplicates of a feature store (SemDeDup on Ray shard actors); returns the duplicates table."""
+    from raysel.dedup import run_dedup
+    from raysel.runtime import ensure_ray
+
+    config.validate()
+    ensure_ray(ray_config)
+    return run_dedup(config)
 
 
 def demo(out: str, images: int = 48, budget: int = 8, num_cpus: int | None = None) -> pa.Table:

@@ -8,6 +8,7 @@ import sys
 
 from raysel import _dataclass_cli
 from raysel.config import FeaturizeConfig, PretextConfig, RayConfig, ReportConfig, SelectConfig, SimulateConfig
+from raysel.config import DedupConfig, ExportConfig, ImportLabelsConfig
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +52,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--budget", type=int, default=8, help="Images to select")
     demo.add_argument("--num-cpus", type=int, default=None, help="CPUs of the embedded Ray")
 
+    export = commands.add_parser("export", help="A selection in a labeling tool's format (label-studio, coco, cvat, fiftyone, csv)")
+    _dataclass_cli.add_arguments(export, ExportConfig)
+    export.add_argument("--config", help="YAML file of options (flags win)")
+
+    import_labels = commands.add_parser("import-labels", help="Label Studio JSON / COCO export -> uri,label for `select --labeled`")
+    _dataclass_cli.add_arguments(import_labels, ImportLabelsConfig)
+    import_labels.add_argument("--config", help="YAML file of options (flags win)")
+
+    dedup = commands.add_parser("dedup", help="Near-duplicates of a feature store (SemDeDup on Ray) -> DUPLICATES.parquet")
+    _dataclass_cli.add_arguments(dedup, DedupConfig)
+    _dataclass_cli.add_arguments(dedup, RayConfig)
+    dedup.add_argument("--config", help="YAML file of options (flags win)")
+
     pool = commands.add_parser("sample-pool", help="Write a small synthetic image pool to a folder")
     pool.add_argument("out")
     pool.add_argument("--images", type=int, default=48)
@@ -88,6 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             _apply_yaml(parser._subparsers._group_actions[0].choices["simulate"], argv, (SimulateConfig, RayConfig))  # noqa: SLF001
             args = parser.parse_args(argv)
             return _simulate(_dataclass_cli.build(SimulateConfig, args), _dataclass_cli.build(RayConfig, args))
+        if args.command in ("export", "import-labels", "dedup"):
+            return _labeling_command(parser, argv, args.command)
         args = parser.parse_args(argv)
         if args.command == "report":
             from raysel.api import report as _report
@@ -142,6 +158,29 @@ def _simulate(config: SimulateConfig, ray_config: RayConfig) -> int:
 
     table = simulate(config, ray_config)
     print(f"{table.num_rows} rounds -> {config.out}/results.parquet, results.csv, accuracy.png, config.yaml")
+    return 0
+
+
+def _labeling_command(parser: argparse.ArgumentParser, argv: list[str], command: str) -> int:
+    """`raysel export`, `raysel import-labels`, `raysel dedup`."""
+    subparser = parser._subparsers._group_actions[0].choices[command]  # noqa: SLF001
+    config_cls = {"export": ExportConfig, "import-labels": ImportLabelsConfig, "dedup": DedupConfig}[command]
+    _apply_yaml(subparser, argv, (config_cls, RayConfig) if command == "dedup" else (config_cls,))
+    args = parser.parse_args(argv)
+    config = _dataclass_cli.build(config_cls, args)
+    if command == "export":  # straight to the package: raysel.api would import torch and Ray first
+        from raysel.export import export_selection
+
+        print(export_selection(config).lines())
+    elif command == "import-labels":
+        from raysel.export import import_labels
+
+        print(import_labels(config).lines())
+    else:
+        from raysel.api import dedup
+
+        table = dedup(config, _dataclass_cli.build(RayConfig, args))
+        print(f"{table.num_rows} near-duplicates -> {config.out} (and {config.out}.config.json)")
     return 0
 
 

@@ -98,6 +98,9 @@ class SelectConfig:
     )
     checkpoint_every: int = _opt(100, "Checkpoint the selection state every this many picks")
     s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
+    exclude: str | None = _opt(
+        None, "Images never to pick (.parquet/.csv with 'uri'), e.g. `raysel dedup`'s DUPLICATES.parquet; every method"
+    )
     # --- label-aware methods: pt4al, uncertainty (docs/pt4al.md) ---
     cycles: int = _opt(10, "pt4al: batches the pool is cut into by pretext loss, one per cycle (paper: 10)")
     cycle: int = _opt(0, "pt4al: this cycle, 0 .. cycles-1 (0: cold start, uniform over the hardest batch)")
@@ -201,6 +204,9 @@ class ReportConfig:
     )
     weights: str | None = _opt(None, "Overlays: checkpoint to load (default: what the store's metadata records)")
     random_init: bool = _opt(False, "Overlays: random weights seeded as in the store (tests); default: as the store records")
+    duplicates: str | None = _opt(
+        None, "`raysel dedup` output: adds how many were removed and a few pairs (default: the selection's --exclude)"
+    )
     s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
 
     def storage(self) -> StorageOptions:
@@ -277,6 +283,114 @@ class SimulateConfig:
         seeds = self.seed_list()
         if not seeds or len(set(seeds)) != len(seeds):
             raise ValueError(f"--seeds must list distinct integers (e.g. 0,1,2); got {self.seeds!r}")
+
+
+EXPORT_FORMATS = ("csv", "coco", "label-studio", "cvat", "fiftyone")
+
+
+@dataclass
+class ExportConfig:
+    """`raysel export SELECTION --format FORMAT --out PATH`: the picks in a labeling tool's import format.
+
+    Formats (docs/operations.md, "From bucket to labeling tool"): csv (uri, rank, score), coco (an
+    `images` list with width/height, empty annotations), label-studio (tasks JSON), cvat (a dataset
+    manifest, manifest.jsonl), fiftyone (a dataset directory `fiftyone` loads). `<out>.raysel.json`
+    records this config and the selection's own config.
+    """
+
+    selection: str = _opt("", "Selection manifest (.parquet/.csv with 'uri'; rank and score when present)", positional=True)
+    format: str = _opt("", "Output format: " + ", ".join(EXPORT_FORMATS), required=True)
+    out: str = _opt("", "File (or fiftyone: directory) to write, local or s3://", required=True)
+    store: str | None = _opt(None, "Feature store (fiftyone embeddings; default: the store the selection records)")
+    presign: int | None = _opt(None, "label-studio: presigned HTTPS URLs valid this many seconds instead of s3:// URIs")
+    local_files_root: str | None = _opt(
+        None, "label-studio: LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT; local images become /data/local-files/?d=PATH"
+    )
+    image_root: str | None = _opt(
+        None, "coco / cvat: names are paths relative to this folder or s3:// prefix (default: the images' common folder)"
+    )
+    embeddings: bool = _opt(False, "fiftyone: add each image's store embedding (field 'embedding')")
+    s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
+
+    def storage(self) -> StorageOptions:
+        return StorageOptions(s3_endpoint=self.s3_endpoint)
+
+    def validate(self) -> None:
+        if not self.selection:
+            raise ValueError("export needs a SELECTION (.parquet/.csv with a 'uri' column)")
+        if self.format not in EXPORT_FORMATS:
+            raise ValueError(f"--format must be one of {', '.join(EXPORT_FORMATS)}; got {self.format!r}")
+        if not self.out:
+            raise ValueError("export needs --out PATH")
+        if self.presign is not None and not 1 <= self.presign <= 604_800:
+            raise ValueError(f"--presign must be 1 .. 604800 seconds (S3's limit is 7 days), got {self.presign}")
+        if self.format != "label-studio" and (self.presign is not None or self.local_files_root):
+            raise ValueError("--presign and --local-files-root apply to --format label-studio only")
+        if self.embeddings and self.format != "fiftyone":
+            raise ValueError("--embeddings applies to --format fiftyone only")
+
+
+@dataclass
+class ImportLabelsConfig:
+    """`raysel import-labels EXPORT --store STORE --out LABELS.csv`: a labeling tool's export -> uri,label.
+
+    Reads a Label Studio JSON export (tasks with annotations, choices per image) or a COCO file
+    (images + annotations + categories, one category per image); writes the labels file that
+    `raysel select --labeled` reads. Every image must be in the store.
+    """
+
+    source: str = _opt("", "Label Studio JSON export or COCO .json (local or s3://)", positional=True)
+    store: str = _opt("", "Feature store the images must belong to", required=True)
+    out: str = _opt("", "Labels file to write (.csv or .parquet: uri, label)", required=True)
+    format: str = _opt("auto", "'auto', 'label-studio' or 'coco'")
+    s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
+
+    def storage(self) -> StorageOptions:
+        return StorageOptions(s3_endpoint=self.s3_endpoint)
+
+    def validate(self) -> None:
+        if not self.source:
+            raise ValueError("import-labels needs an EXPORT file (Label Studio JSON or COCO)")
+        if self.format not in ("auto", "label-studio", "coco"):
+            raise ValueError(f"--format must be 'auto', 'label-studio' or 'coco', got {self.format!r}")
+        if not self.out.lower().endswith((".csv", ".parquet")):
+            raise ValueError(f"--out must be a .csv or .parquet file, got {self.out!r}")
+
+
+@dataclass
+class DedupConfig:
+    """`raysel dedup STORE --threshold COS --out DUPLICATES.parquet`: near-duplicate removal (SemDeDup).
+
+    Spherical K-Means over the L2-normalized embeddings on shard actors, then, inside each cluster
+    on the actor holding it, every pair with cosine >= threshold is linked; each connected group
+    keeps the image closest to its cluster centroid (ties: the smallest uri) and the others are
+    written with the kept image they duplicate (docs/operations.md, "Near-duplicates").
+    """
+
+    store: str = _opt("", "Feature store directory (local or s3://) with an 'embedding' column", positional=True)
+    out: str = _opt("", "Duplicates file to write (.parquet: uri, duplicate_of, similarity, cluster)", required=True)
+    threshold: float = _opt(0.0, "Cosine similarity in (0, 1] at and above which two images are duplicates", required=True)
+    clusters: int | None = _opt(None, "K-Means clusters (default: ceil(sqrt(images)))")
+    kmeans_iters: int = _opt(10, "Lloyd steps of the spherical K-Means")
+    shards: int = _opt(1, "Shard actors holding the embeddings")
+    seed: int = _opt(0, "Seed of the K-Means initial centers")
+    s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
+
+    def storage(self) -> StorageOptions:
+        return StorageOptions(s3_endpoint=self.s3_endpoint)
+
+    def validate(self) -> None:
+        if not self.store:
+            raise ValueError("dedup needs a STORE (feature store directory)")
+        if not self.out:
+            raise ValueError("dedup needs --out DUPLICATES.parquet")
+        if not isinstance(self.threshold, (int, float)) or not 0.0 < float(self.threshold) <= 1.0:
+            raise ValueError(f"--threshold must be a cosine similarity in (0, 1], got {self.threshold}")
+        if self.clusters is not None and self.clusters < 1:
+            raise ValueError(f"--clusters must be >= 1, got {self.clusters}")
+        for name in ("kmeans_iters", "shards"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
 
 
 def _int_list(text: Any, flag: str) -> list[int]:

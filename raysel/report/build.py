@@ -10,6 +10,7 @@ from raysel.report.accuracy import accuracy_section
 from raysel.report.class_histogram import class_histogram_section
 from raysel.report.contact_sheet import contact_sheet_section
 from raysel.report.coverage import coverage_section
+from raysel.report.duplicates import duplicates_section
 from raysel.report.inputs import resolve_inputs
 from raysel.report.overlay import overlay_section
 from raysel.report.page import render_page
@@ -40,6 +41,7 @@ def build_report(config: ReportConfig) -> ReportSummary:
         class_histogram_section(selection, config.labels, options),
         accuracy_section(config.simulation, options),
         overlay_section(config, inputs.store, inputs.metadata, selection),
+        duplicates_section(config.duplicates, selection, config.thumbnail_size, options),
     ]
     facts = {
         "feature store": inputs.store.uri,

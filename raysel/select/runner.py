@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import sys
 import time
@@ -117,11 +118,22 @@ def run_selection(config: SelectConfig, progress: bool | None = None) -> pa.Tabl
     options = resolved.storage()
     store = FeatureStore(resolved.store, options)
     labeled = read_labeled(resolved.labeled, options) if resolved.labeled else []
+    exclusion = None
+    if resolved.exclude:  # every method then reads a view of the store without those rows
+        from raysel.dedup.exclude import exclusion_view
+
+        store, exclusion, excluded_rows = exclusion_view(store, resolved.exclude, resolved.out, labeled, options)
     fingerprint = checkpoint.fingerprint(resolved, file_row_counts(store), labeled)
+    if exclusion is not None:
+        fingerprint = hashlib.sha256(f"{fingerprint}:exclude:{exclusion}".encode()).hexdigest()
 
     existing = _finished(resolved, fingerprint)
     if existing is not None:
         log.info("%s already holds this selection; nothing to do", resolved.out)
+        if exclusion is not None:
+            from raysel.dedup.exclude import remove_view
+
+            remove_view(resolved.out, options)
         return existing
 
     resumed: list[Pick] = []
@@ -148,10 +160,15 @@ def run_selection(config: SelectConfig, progress: bool | None = None) -> pa.Tabl
             "fingerprint": fingerprint,
             "raysel_version": __version__,
             "labeled_images": len(labeled),
+            **({"excluded_images": excluded_rows} if exclusion is not None else {}),
             "stats": context.stats,
             "wall_seconds": round(time.time() - started, 3),
         },
         options,
     )
     checkpoint.remove_checkpoint(resolved.out, options)
+    if exclusion is not None:
+        from raysel.dedup.exclude import remove_view
+
+        remove_view(resolved.out, options)
     return table

@@ -1,0 +1,125 @@
+"""The real labeling tools the export tests drive: Label Studio's server and FiftyOne, from the venv `.tools/`.
+
+`scripts/install_labeling_tools.sh` installs them and then runs `python3 tests/labeling_tools.py prepare`,
+which starts Label Studio once on a scratch database so that its migrations (about a minute and a
+half on 2 cores) are done at install time; each test session copies that database and starts in
+seconds. Standard library only: it runs before anything else is installed.
+
+The user and token are dummies for a server on 127.0.0.1 that lives as long as the test session.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOLS = os.environ.get("RAYSEL_LABELING_TOOLS", os.path.join(REPO, ".tools"))
+TEMPLATE = os.path.join(TOOLS, "label-studio-template")
+USER, PASSWORD, TOKEN = "raysel@example.com", "raysel-test-password", "raysel0test0token0for0loopback"
+START_TIMEOUT_S = 240.0
+
+
+def tool(name: str) -> str:
+    return os.path.join(TOOLS, "bin", name)
+
+
+def missing() -> str | None:
+    """Why the tools cannot be used, or None."""
+    for name in ("label-studio", "python"):
+        if not os.access(tool(name), os.X_OK):
+            return f"{tool(name)} is missing: run `sh scripts/install_labeling_tools.sh` (the README's test command does)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def api(base: str, method: str, path: str, payload=None, timeout: float = 30.0):
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(base + path, data=data, method=method, headers={
+        "Authorization": f"Token {TOKEN}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        body = response.read()
+    return json.loads(body) if body[:1] in (b"{", b"[") else body
+
+
+def start_label_studio(data_dir: str, files_root: str, log_path: str) -> tuple[subprocess.Popen, str]:
+    """Label Studio on a free loopback port with local-files serving under `files_root`; (process, base URL)."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "LABEL_STUDIO_BASE_DATA_DIR": data_dir,
+        "LABEL_STUDIO_USERNAME": USER,
+        "LABEL_STUDIO_PASSWORD": PASSWORD,
+        "LABEL_STUDIO_USER_TOKEN": TOKEN,
+        "LABEL_STUDIO_ENABLE_LEGACY_API_TOKEN": "true",  # token auth for the API (1.20+ default: JWT only)
+        "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
+        "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": files_root,
+        "SECRET_KEY": "raysel-test-secret-key-loopback-only",
+        "LATEST_VERSION_CHECK": "false",  # no call to pypi.org at start
+    }
+    log = open(log_path, "ab")
+    process = subprocess.Popen(
+        [tool("label-studio"), "start", "--no-browser", "--internal-host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir, start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"label-studio exited with {process.returncode}; see {log_path}")
+        try:
+            if "count" in api(base, "GET", "/api/projects", timeout=5):
+                return process, base
+        except (urllib.error.URLError, OSError, ValueError):
+            pass
+        time.sleep(1.0)
+    stop(process)
+    raise RuntimeError(f"label-studio did not answer within {START_TIMEOUT_S:.0f}s; see {log_path}")
+
+
+def stop(process: subprocess.Popen) -> None:
+    """Stop the server and the processes it started (its own session), waiting at most 20 s."""
+    if process.poll() is None:
+        os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait(timeout=10)
+
+
+def fresh_data_dir(target: str) -> str:
+    """A copy of the migrated template database (or an empty dir: the server then migrates, slowly)."""
+    if os.path.isdir(TEMPLATE):
+        shutil.copytree(TEMPLATE, target, ignore=shutil.ignore_patterns("*.log", "media"))
+    else:
+        os.makedirs(target, exist_ok=True)
+    return target
+
+
+def prepare() -> None:
+    """Migrate a template database once (install time), then stop."""
+    staging = TEMPLATE + ".tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    os.makedirs(staging)
+    started = time.monotonic()
+    process, _ = start_label_studio(staging, staging, os.path.join(staging, "server.log"))
+    stop(process)
+    shutil.rmtree(TEMPLATE, ignore_errors=True)
+    os.replace(staging, TEMPLATE)
+    print(f"label-studio template database ready in {time.monotonic() - started:.0f}s: {TEMPLATE}")
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["prepare"]:
+    prepare()
