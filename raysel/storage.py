@@ -69,6 +69,15 @@ def exists(uri: str, options: StorageOptions | None = None) -> bool:
     return fs.exists(path)
 
 
+def remove(uri: str, options: StorageOptions | None = None) -> None:
+    """Delete one file or object if it exists (a no-op when it does not)."""
+    fs, path = filesystem(uri, options)
+    try:
+        fs.rm(path)
+    except FileNotFoundError:
+        pass
+
+
 def read_bytes(uri: str, options: StorageOptions | None = None) -> bytes:
     fs, path = filesystem(uri, options)
     with fs.open(path, "rb") as handle:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from raysel import __version__, storage
 from raysel.config import SelectConfig, to_dict
+from raysel.fingerprints import store_state
 from raysel.select import checkpoint
 from raysel.select.base import Pick, SelectionContext
 from raysel.select.distances import check_distance, storage_dtype
@@ -117,7 +118,7 @@ def run_selection(config: SelectConfig, progress: bool | None = None) -> pa.Tabl
     options = resolved.storage()
     store = FeatureStore(resolved.store, options)
     labeled = read_labeled(resolved.labeled, options) if resolved.labeled else []
-    fingerprint = checkpoint.fingerprint(resolved, file_row_counts(store), labeled)
+    fingerprint = checkpoint.fingerprint(resolved, store_state(store, file_row_counts(store)), labeled)
 
     existing = _finished(resolved, fingerprint)
     if existing is not None:
@@ -140,6 +141,9 @@ def run_selection(config: SelectConfig, progress: bool | None = None) -> pa.Tabl
     finally:
         pick_log.close()
 
+    # The old record goes first: a crash between the two writes leaves an output without a
+    # record (recomputed on rerun), never a new output under an old record or the reverse.
+    storage.remove(checkpoint.config_uri(resolved.out), options)
     storage.write_parquet_atomic(table, resolved.out, options)
     storage.write_json_atomic(
         checkpoint.config_uri(resolved.out),
