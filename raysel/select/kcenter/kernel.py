@@ -141,6 +141,7 @@ class KCenterShard:
         self.uris = list(uris)
         self.distance = distance
         self.vectors, self.factors = prepare_vectors(vectors, self.uris, distance, dtype)
+        self.distinct = draws.distinct_clusters(np.asarray(vectors))  # [n, K]: repeats take no part in prob draws
         count, clusters = self.vectors.shape[:2]
         self.min_distance = np.full((count, clusters), np.inf)
         self.eligible = np.ones(count, dtype=bool)
@@ -244,7 +245,7 @@ class KCenterShard:
         rows = np.flatnonzero(self.eligible)
         if not len(rows):
             return None
-        weights = np.where(self.eligible[:, None], self.min_distance**2, 0.0)
+        weights = draws.prob_weights(self.min_distance, self.eligible, self.distinct)
         weight_sum = float(weights.sum())
         keys = draws.exponential_race_keys(weights, self.hashes, seed, index)
         best_key = keys.min()
