@@ -148,7 +148,9 @@ def _simulate(config: SimulateConfig, ray_config: RayConfig) -> int:
 def _select(config: SelectConfig, ray_config: RayConfig, args: argparse.Namespace) -> int:
     from raysel.runtime import ensure_ray
     from raysel.select import run_selection
+    from raysel.select.runner import resolve_config
 
+    resolve_config(config)  # bad options fail here, before Ray starts
     ensure_ray(ray_config)
     table = run_selection(config)
     print(f"selected {table.num_rows} images -> {config.out}")

@@ -75,6 +75,12 @@ def featurize(config: FeaturizeConfig, ray_config: RayConfig | None = None, prog
     started = time.time()
     store = FeatureStore(config.out, config.storage())
     spec = model_input_spec(config)
+    if not store.is_complete():
+        from raysel.embed.backbone import load_backbone
+
+        # The model and its weights (hub, file or random init) fail here, with the reason,
+        # not in a model actor after Ray and the pipeline started.
+        load_backbone(config.model, config.weights, config.random_init, config.storage(), config.seed)
     identity = {
         "model": config.model,
         "weights": config.weights,
