@@ -127,6 +127,14 @@ class PretextConfig:
     momentum: float = _opt(0.9, "SGD momentum (PT4AL: 0.9)")
     weight_decay: float = _opt(5e-4, "SGD weight decay (PT4AL: 5e-4)")
     schedule: str = _opt("constant", "Learning-rate schedule: 'constant' (PT4AL over 15 epochs) or 'cosine'")
+    optimizer: str = _opt(
+        "auto", "'auto': SGD with --lr etc. (PT4AL's recipe) for CNNs, AdamW with warmup and a cosine decay for "
+        "transformers (a ViT under SGD lr 0.1 stays at chance, loss ln 4); or 'sgd' / 'adamw' for any model"
+    )
+    adamw_lr: float = _opt(1e-3, "AdamW: peak learning rate, after the warmup")
+    adamw_weight_decay: float = _opt(0.05, "AdamW: weight decay")
+    warmup: float = _opt(0.1, "AdamW: fraction of all steps with a linear warmup; a per-step cosine decay to 0 follows")
+    grad_clip: float = _opt(1.0, "AdamW: clip the gradient norm to this (0: no clipping)")
     num_workers: int | None = _opt(None, "Ray Train workers, data-parallel (default: one per GPU, else 1)")
     cpu: bool = _opt(False, "Train on CPUs even when the cluster has GPUs")
     cpus_per_worker: int = _opt(1, "CPUs (and torch threads) per training worker")
@@ -161,6 +169,10 @@ class PretextConfig:
             raise ValueError("--lr must be > 0, --momentum and --weight-decay >= 0")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"--schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.optimizer not in ("auto", "sgd", "adamw"):
+            raise ValueError(f"--optimizer must be 'auto', 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.adamw_lr <= 0 or self.adamw_weight_decay < 0 or not 0 <= self.warmup < 1 or self.grad_clip < 0:
+            raise ValueError("--adamw-lr must be > 0, --adamw-weight-decay and --grad-clip >= 0, --warmup in [0, 1)")
         if self.shuffle_buffer < 0 or self.max_failures < 0:
             raise ValueError("--shuffle-buffer and --max-failures must be >= 0")
 
