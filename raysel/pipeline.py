@@ -25,6 +25,7 @@ from raysel.store import FeatureStore, FeatureStoreError, chunk_id_of, shard_nam
 log = logging.getLogger(__name__)
 
 CHUNK_ID = "chunk_id"
+STORE_LEASE_FILE = "_lease.json"  # held by the run writing the store (raysel.storage.Lease)
 # Settings that define what a store's vectors mean: a resumed run must match them.
 IDENTITY_KEYS = ("model", "weights", "random_init", "tau", "clusters", "image_size", "source", "pretext", "seed")
 
@@ -67,10 +68,9 @@ def featurize(config: FeaturizeConfig, ray_config: RayConfig | None = None, prog
     """Run (or resume) `raysel featurize`. Returns counts and throughput.
 
     Raises StorageError / ManifestError / FeatureStoreError / BackboneError with a
-    message naming the problem for bad sources, stores or models.
+    message naming the problem for bad sources, stores or models; LeaseError when another
+    run is writing the store; StorageWriteError (naming the path) when a write fails.
     """
-    from raysel.runtime import ensure_ray
-
     config.validate()
     started = time.time()
     store = FeatureStore(config.out, config.storage())
@@ -92,6 +92,14 @@ def featurize(config: FeaturizeConfig, ray_config: RayConfig | None = None, prog
         "pretext": config.pretext,
         "seed": config.seed,
     }
+    # One run per store: a second featurize into it fails instead of interleaving shards.
+    with storage.Lease(store.path(STORE_LEASE_FILE), store.options, what=f"feature store {store.uri}"):
+        return _featurize_under_lease(config, ray_config, progress, store, spec, identity, started)
+
+
+def _featurize_under_lease(config, ray_config, progress, store, spec, identity, started) -> FeaturizeSummary:
+    from raysel.runtime import ensure_ray
+
     uris, chunk_size = _open_or_create(store, config, identity)
     chunks = {i: uris[start : start + chunk_size] for i, start in enumerate(range(0, len(uris), chunk_size))}
     done = {chunk_id_of(u) for u in store.shard_uris()}

@@ -24,11 +24,17 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIX = ".checkpoint.json"
 CONFIG_SUFFIX = ".config.json"
+LEASE_SUFFIX = ".lease"
 FORMAT_VERSION = 2  # 2: the store is fingerprinted by content, not by file names and rows
 
 
 def checkpoint_uri(out: str) -> str:
     return out + CHECKPOINT_SUFFIX
+
+
+def lease_uri(out: str) -> str:
+    """`<out>.lease`: held by the run writing `out` (raysel.storage.Lease)."""
+    return out + LEASE_SUFFIX
 
 
 def config_uri(out: str) -> str:

@@ -119,7 +119,13 @@ def run_selection(config: SelectConfig, progress: bool | None = None) -> pa.Tabl
     store = FeatureStore(resolved.store, options)
     labeled = read_labeled(resolved.labeled, options) if resolved.labeled else []
     fingerprint = checkpoint.fingerprint(resolved, store_state(store, file_row_counts(store)), labeled)
+    # One run per output: a second select with the same --out fails instead of tearing the checkpoint.
+    with storage.Lease(checkpoint.lease_uri(resolved.out), options, what=f"--out {resolved.out}"):
+        return _select_under_lease(resolved, method, store, labeled, fingerprint, progress, started)
 
+
+def _select_under_lease(resolved, method, store, labeled, fingerprint, progress, started) -> pa.Table:
+    options = resolved.storage()
     existing = _finished(resolved, fingerprint)
     if existing is not None:
         log.info("%s already holds this selection; nothing to do", resolved.out)
