@@ -117,8 +117,20 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, RuntimeError, FileNotFoundError, PermissionError) as exc:
         print(f"raysel: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:  # an S3 endpoint that stays down or refuses, after every retry
+        if not _is_storage_failure(exc):
+            raise
+        print(f"raysel: error: object storage failed after retries: {exc}; finished work is kept, "
+              "rerun the same command once the endpoint answers", file=sys.stderr)
+        return 2
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _is_storage_failure(exc: BaseException) -> bool:
+    """botocore / aiohttp errors (endpoint unreachable, throttled past every retry) and OSErrors."""
+    module = type(exc).__module__ or ""
+    return isinstance(exc, OSError) or module.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs"))
 
 
 def _featurize(config: FeaturizeConfig, ray_config: RayConfig, args: argparse.Namespace) -> int:

@@ -50,9 +50,10 @@ class FeaturizeConfig:
     seed: int = _opt(0, "Seed for everything random")
     s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
     pretext: str | None = _opt(None, "Rotation pretext checkpoint: adds a pretext_loss column (PT4AL)")
+    s3_max_attempts: int = _opt(8, "Attempts per S3 request (503 SlowDown, 500, resets, timeouts), backoff with jitter")
 
     def storage(self) -> StorageOptions:
-        return StorageOptions(s3_endpoint=self.s3_endpoint)
+        return StorageOptions(s3_endpoint=self.s3_endpoint, s3_max_attempts=self.s3_max_attempts)
 
     def validate(self) -> None:
         if not self.source:
@@ -85,6 +86,7 @@ class SelectConfig:
     candidates: int = _opt(64, "Candidates per pass of the batched exact K-Center-Greedy")
     checkpoint_every: int = _opt(100, "Checkpoint the selection state every this many picks")
     s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
+    s3_max_attempts: int = _opt(8, "Attempts per S3 request (503 SlowDown, 500, resets, timeouts), backoff with jitter")
     # --- label-aware methods: pt4al, uncertainty (docs/pt4al.md) ---
     cycles: int = _opt(10, "pt4al: batches the pool is cut into by pretext loss, one per cycle (paper: 10)")
     cycle: int = _opt(0, "pt4al: this cycle, 0 .. cycles-1 (0: cold start, uniform over the hardest batch)")
@@ -104,7 +106,7 @@ class SelectConfig:
     purity_clusters: int = _opt(10, "probcover: K-Means clusters the purity rule measures against (paper: the classes)")
 
     def storage(self) -> StorageOptions:
-        return StorageOptions(s3_endpoint=self.s3_endpoint)
+        return StorageOptions(s3_endpoint=self.s3_endpoint, s3_max_attempts=self.s3_max_attempts)
 
 
 @dataclass

@@ -40,9 +40,17 @@ class StorageOptions:
     """How to reach object storage. Picklable: shipped to every Ray worker."""
 
     s3_endpoint: str | None = None  # e.g. http://127.0.0.1:9000; falls back to $AWS_ENDPOINT_URL
+    # Retries of a failed S3 request (503 SlowDown, 500, reset connections, timeouts): botocore's
+    # "standard" mode, exponential backoff with jitter capped at 20 s; s3fs's own retry loop is kept short.
+    s3_max_attempts: int = 8  # attempts per request, the first included
+    s3_connect_timeout: float = 5.0  # seconds to open a connection
+    s3_read_timeout: float = 30.0  # seconds of silence on an open connection
 
     def endpoint(self) -> str | None:
         return self.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+S3FS_RETRIES = 2  # s3fs's loop around botocore's: a dead endpoint fails in bounded time
 
 
 def is_s3(uri: str) -> bool:
@@ -55,7 +63,17 @@ def filesystem(uri: str, options: StorageOptions | None = None) -> tuple[fsspec.
     if is_s3(uri):
         endpoint = options.endpoint()
         client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
-        fs = fsspec.filesystem("s3", client_kwargs=client_kwargs, use_listings_cache=False)
+        fs = fsspec.filesystem(
+            "s3",
+            client_kwargs=client_kwargs,
+            use_listings_cache=False,
+            config_kwargs={
+                "retries": {"max_attempts": options.s3_max_attempts, "mode": "standard"},
+                "connect_timeout": options.s3_connect_timeout,
+                "read_timeout": options.s3_read_timeout,
+            },
+        )
+        fs.retries = S3FS_RETRIES  # a class attribute in s3fs, not a constructor argument
         return fs, uri[len("s3://"):].rstrip("/")
     if "://" in uri and not uri.startswith("file://"):
         raise StorageError(f"unsupported URI scheme in {uri!r}: use a local path or s3://bucket/prefix")
