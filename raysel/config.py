@@ -290,7 +290,10 @@ def _int_list(text: Any, flag: str) -> list[int]:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    return asdict(config)
+    """The config as a dict fit for a file: credentials in URLs (`user:pass@`) redacted (raysel/redact.py)."""
+    from raysel.redact import redact
+
+    return redact(asdict(config))
 
 
 def from_dict(cls: type, values: dict[str, Any]) -> Any:

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from raysel import __version__, schema, storage
-from raysel.config import FeaturizeConfig, RayConfig
+from raysel.config import FeaturizeConfig, RayConfig, to_dict
 from raysel.images import DecodeBatch, list_images
 from raysel.store import FeatureStore, FeatureStoreError, chunk_id_of, shard_name
 
@@ -124,7 +124,7 @@ def _featurize_under_lease(config, ray_config, progress, store, spec, identity, 
         seconds=seconds,
         images_per_second=processed / seconds if seconds > 0 else 0.0,
     )
-    storage.write_json_atomic(store.path(schema.RESOLVED_CONFIG_FILE), asdict(config), store.options)
+    storage.write_json_atomic(store.path(schema.RESOLVED_CONFIG_FILE), to_dict(config), store.options)
     store.mark_complete({"summary": asdict(summary), "raysel_version": __version__})
     return summary
 

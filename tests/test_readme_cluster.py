@@ -90,6 +90,7 @@ def test_readme_extraction_finds_the_commands():
     assert commands[-1].startswith("ray stop")
 
 
+@pytest.mark.timeout(600)
 def test_readme_cluster_section_runs_as_written(tmp_path):
     bin_dir = os.path.dirname(sys.executable)
     home = tempfile.mkdtemp(prefix="rs-home-", dir="/tmp")

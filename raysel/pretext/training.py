@@ -36,13 +36,13 @@ import math
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from raysel import schema, storage
-from raysel.config import PretextConfig, RayConfig
+from raysel.config import PretextConfig, RayConfig, to_dict
 from raysel.images import list_images
 from raysel.pretext import checkpoints
 from raysel.pretext.data import IMAGE, training_dataset
@@ -206,7 +206,7 @@ def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None) ->
             )
     else:
         storage.write_json_atomic(identity_uri, identity, options)
-    storage.write_json_atomic(storage.join(checkpoint_dir, schema.RESOLVED_CONFIG_FILE), asdict(config), options)
+    storage.write_json_atomic(storage.join(checkpoint_dir, schema.RESOLVED_CONFIG_FILE), to_dict(config), options)
     found = checkpoints.checkpoint_uris(checkpoint_dir, options)
     resumed_from = checkpoints.epochs_of(found[-1]) if found else 0
     if resumed_from:
