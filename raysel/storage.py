@@ -238,6 +238,7 @@ class Lease:
         self.owner = _lease_owner()
         self._stop = None
         self._thread = None
+        self._made_folder: str | None = None
 
     def __enter__(self) -> "Lease":
         self.acquire()
@@ -272,6 +273,11 @@ class Lease:
         current = self._read()
         if current is not None and current.get("token") == self.owner["token"]:
             remove(self.uri, self.options)
+        if self._made_folder:
+            try:
+                os.rmdir(self._made_folder)  # only if empty: a run that failed early leaves nothing behind
+            except OSError:
+                pass
 
     def _create(self) -> bool:
         payload = json.dumps(self.owner).encode()
@@ -282,8 +288,11 @@ class Lease:
             current = self._read()
             return current is not None and current.get("token") == self.owner["token"]
         _, path = filesystem(self.uri, self.options)
+        folder = os.path.dirname(path) or "."
+        if not os.path.isdir(folder):
+            self._made_folder = folder  # removed again on release if the run left it empty
         try:
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            os.makedirs(folder, exist_ok=True)
             descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False

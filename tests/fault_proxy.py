@@ -1,7 +1,7 @@
 """A fault-injecting HTTP proxy on loopback, in front of the moto S3 server (or any HTTP server).
 
 Each request is, with seeded probabilities, answered 503 SlowDown or 500 InternalError, cut off
-by a connection reset (RST, nothing answered), delayed, or forwarded untouched. `down()` refuses
+by a connection reset (RST, nothing answered), delayed, or forwarded untouched. PUT/POST under `deny_writes_under` get 403 AccessDenied, as a bucket policy would answer. `down()` refuses
 every connection, as an endpoint that is gone; `up()` brings it back. Counts of what was done are
 in `stats`. Standalone (no pytest imports).
 """
@@ -19,6 +19,7 @@ SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>SlowDown</Code>'
     b"<Message>Please reduce your request rate.</Message></Error>"
 )
+ACCESS_DENIED = b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>'
 INTERNAL = b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code><Message>We encountered an internal error.</Message></Error>'
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 
@@ -36,6 +37,7 @@ class FaultProxy:
         self.lock = threading.Lock()
         self.stats: Counter = Counter()
         self.refusing = False
+        self.deny_writes_under: str | None = None  # e.g. "/bucket/prefix": PUT/POST there get 403 AccessDenied
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -82,6 +84,8 @@ class FaultProxy:
         if length:
             body = request.rfile.read(length)
         fault = "refused" if self.refusing else self._fault()
+        if self.deny_writes_under and request.command in ("PUT", "POST") and request.path.startswith(self.deny_writes_under):
+            fault = "access_denied"
         with self.lock:
             self.stats[fault] += 1
             self.stats["requests"] += 1
@@ -90,8 +94,8 @@ class FaultProxy:
             request.close_connection = True
             request.connection.close()
             return
-        if fault in ("slow_down", "internal"):
-            status, payload = (503, SLOW_DOWN) if fault == "slow_down" else (500, INTERNAL)
+        if fault in ("slow_down", "internal", "access_denied"):
+            status, payload = {"slow_down": (503, SLOW_DOWN), "internal": (500, INTERNAL), "access_denied": (403, ACCESS_DENIED)}[fault]
             request.send_response(status)
             request.send_header("Content-Type", "application/xml")
             request.send_header("Content-Length", str(len(payload)))

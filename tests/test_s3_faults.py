@@ -100,3 +100,18 @@ def test_featurize_under_five_percent_faults_writes_the_same_store(ray_session, 
     faulty = pa.concat_tables(FeatureStore(f"s3://{s3_bucket}/faulty", options).iter_tables())
     assert faulty.equals(clean)
     assert sum(proxy.stats[k] for k in ("slow_down", "internal", "reset", "delay")) > 0, proxy.stats
+
+
+def test_access_denied_on_the_output_names_it_and_resumes_once_allowed(ray_session, s3_endpoint, s3_bucket, proxy):
+    from raysel.storage import StorageWriteError
+
+    uris, vectors = synthetic_store(s3_bucket, s3_endpoint)
+    proxy.fault_rate = 0.0
+    proxy.deny_writes_under = f"/{s3_bucket}/denied/"
+    out = f"s3://{s3_bucket}/denied/selection.parquet"
+    config = SelectConfig(store=f"s3://{s3_bucket}/store", out=out, budget=BUDGET, s3_endpoint=proxy.url)
+    with pytest.raises(StorageWriteError, match=f"cannot write {out}.*nothing was written there"):
+        run_selection(config, progress=False)
+    assert not storage.exists(out, StorageOptions(s3_endpoint=s3_endpoint))
+    proxy.deny_writes_under = None  # the policy is fixed
+    assert run_selection(config, progress=False).equals(select_reference(vectors, uris, BUDGET))
