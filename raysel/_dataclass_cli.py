@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
         help_text = f.metadata.get("help", "")
         kind = _base_type(hints[f.name])
         default = None if f.default is MISSING else f.default
+        if f.metadata.get("required"):
+            default = None  # not given: None, so a given 0 or "" reaches the config's own check
         flag, dest = "--" + prefix + f.name.replace("_", "-"), prefix + f.name
         if f.metadata.get("positional") and not prefix:
             parser.add_argument(f.name, nargs="?", default=default, help=help_text)
@@ -44,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
 def build(cls: type, namespace: argparse.Namespace, prefix: str = "") -> Any:
     """The dataclass from parsed arguments; fields marked `required` must be set."""
     values = {f.name: getattr(namespace, prefix + f.name) for f in fields(cls) if hasattr(namespace, prefix + f.name)}
-    missing = [f.name for f in fields(cls) if f.metadata.get("required") and values.get(f.name) in (None, "", 0)]
+    missing = [f.name for f in fields(cls) if f.metadata.get("required") and values.get(f.name) in (None, "")]
     if missing:
         raise ValueError("missing required option(s): " + ", ".join("--" + prefix + m.replace("_", "-") for m in missing))
     return cls(**values)

@@ -84,6 +84,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, _ = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from raysel.redact import RedactingFilter, redact
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactingFilter())  # no `user:pass@` of an endpoint in a log line
     try:
         if args.command in ("featurize", "select"):
             subparser = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
@@ -131,10 +135,22 @@ def main(argv: list[str] | None = None) -> int:
         print("raysel: interrupted; rerun the same command to continue where it stopped", file=sys.stderr)
         return 130
     except (ValueError, RuntimeError, FileNotFoundError, PermissionError) as exc:
-        print(f"raysel: error: {exc}", file=sys.stderr)
+        print(f"raysel: error: {redact(str(exc))}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # an S3 endpoint that stays down or refuses, after every retry
+        if not _is_storage_failure(exc):
+            raise
+        print(f"raysel: error: object storage failed after retries: {redact(str(exc))}; finished work is kept, "
+              "rerun the same command once the endpoint answers", file=sys.stderr)
         return 2
     parser.error(f"unknown command {args.command}")
     return 2
+
+
+def _is_storage_failure(exc: BaseException) -> bool:
+    """botocore / aiohttp errors (endpoint unreachable, throttled past every retry) and OSErrors."""
+    module = type(exc).__module__ or ""
+    return isinstance(exc, OSError) or module.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs"))
 
 
 def _featurize(config: FeaturizeConfig, ray_config: RayConfig, args: argparse.Namespace) -> int:
@@ -187,7 +203,9 @@ def _labeling_command(parser: argparse.ArgumentParser, argv: list[str], command:
 def _select(config: SelectConfig, ray_config: RayConfig, args: argparse.Namespace) -> int:
     from raysel.runtime import ensure_ray
     from raysel.select import run_selection
+    from raysel.select.runner import resolve_config
 
+    resolve_config(config)  # bad options fail here, before Ray starts
     ensure_ray(ray_config)
     table = run_selection(config)
     print(f"selected {table.num_rows} images -> {config.out}")

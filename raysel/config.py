@@ -53,9 +53,10 @@ class FeaturizeConfig:
     s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
     pretext: str | None = _opt(None, "Rotation pretext checkpoint: adds a pretext_loss column (PT4AL)")
     stall_timeout: float = _opt(600.0, "Stop with an error after this many seconds without progress (0: wait forever)")
+    s3_max_attempts: int = _opt(8, "Attempts per S3 request (503 SlowDown, 500, resets, timeouts), backoff with jitter")
 
     def storage(self) -> StorageOptions:
-        return StorageOptions(s3_endpoint=self.s3_endpoint)
+        return StorageOptions(s3_endpoint=self.s3_endpoint, s3_max_attempts=self.s3_max_attempts)
 
     def validate(self) -> None:
         if not self.source:
@@ -101,6 +102,7 @@ class SelectConfig:
     exclude: str | None = _opt(
         None, "Images never to pick (.parquet/.csv with 'uri'), e.g. `raysel dedup`'s DUPLICATES.parquet; every method"
     )
+    s3_max_attempts: int = _opt(8, "Attempts per S3 request (503 SlowDown, 500, resets, timeouts), backoff with jitter")
     # --- label-aware methods: pt4al, uncertainty (docs/pt4al.md) ---
     cycles: int = _opt(10, "pt4al: batches the pool is cut into by pretext loss, one per cycle (paper: 10)")
     cycle: int = _opt(0, "pt4al: this cycle, 0 .. cycles-1 (0: cold start, uniform over the hardest batch)")
@@ -120,7 +122,7 @@ class SelectConfig:
     purity_clusters: int = _opt(10, "probcover: K-Means clusters the purity rule measures against (paper: the classes)")
 
     def storage(self) -> StorageOptions:
-        return StorageOptions(s3_endpoint=self.s3_endpoint)
+        return StorageOptions(s3_endpoint=self.s3_endpoint, s3_max_attempts=self.s3_max_attempts)
 
 
 @dataclass
@@ -143,6 +145,14 @@ class PretextConfig:
     momentum: float = _opt(0.9, "SGD momentum (PT4AL: 0.9)")
     weight_decay: float = _opt(5e-4, "SGD weight decay (PT4AL: 5e-4)")
     schedule: str = _opt("constant", "Learning-rate schedule: 'constant' (PT4AL over 15 epochs) or 'cosine'")
+    optimizer: str = _opt(
+        "auto", "'auto': SGD with --lr etc. (PT4AL's recipe) for CNNs, AdamW with warmup and a cosine decay for "
+        "transformers (a ViT under SGD lr 0.1 stays at chance, loss ln 4); or 'sgd' / 'adamw' for any model"
+    )
+    adamw_lr: float = _opt(1e-3, "AdamW: peak learning rate, after the warmup")
+    adamw_weight_decay: float = _opt(0.05, "AdamW: weight decay")
+    warmup: float = _opt(0.1, "AdamW: fraction of all steps with a linear warmup; a per-step cosine decay to 0 follows")
+    grad_clip: float = _opt(1.0, "AdamW: clip the gradient norm to this (0: no clipping)")
     num_workers: int | None = _opt(None, "Ray Train workers, data-parallel (default: one per GPU, else 1)")
     cpu: bool = _opt(False, "Train on CPUs even when the cluster has GPUs")
     cpus_per_worker: int = _opt(1, "CPUs (and torch threads) per training worker")
@@ -177,6 +187,10 @@ class PretextConfig:
             raise ValueError("--lr must be > 0, --momentum and --weight-decay >= 0")
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"--schedule must be 'constant' or 'cosine', got {self.schedule!r}")
+        if self.optimizer not in ("auto", "sgd", "adamw"):
+            raise ValueError(f"--optimizer must be 'auto', 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.adamw_lr <= 0 or self.adamw_weight_decay < 0 or not 0 <= self.warmup < 1 or self.grad_clip < 0:
+            raise ValueError("--adamw-lr must be > 0, --adamw-weight-decay and --grad-clip >= 0, --warmup in [0, 1)")
         if self.shuffle_buffer < 0 or self.max_failures < 0:
             raise ValueError("--shuffle-buffer and --max-failures must be >= 0")
 
@@ -403,7 +417,10 @@ def _int_list(text: Any, flag: str) -> list[int]:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    return asdict(config)
+    """The config as a dict fit for a file: credentials in URLs (`user:pass@`) redacted (raysel/redact.py)."""
+    from raysel.redact import redact
+
+    return redact(asdict(config))
 
 
 def from_dict(cls: type, values: dict[str, Any]) -> Any:

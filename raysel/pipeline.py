@@ -29,13 +29,14 @@ import numpy as np
 import pyarrow as pa
 
 from raysel import __version__, schema, storage
-from raysel.config import FeaturizeConfig, RayConfig
+from raysel.config import FeaturizeConfig, RayConfig, to_dict
 from raysel.images import DecodeBatch, list_images
 from raysel.shard_writer import CHUNK_ID, PARTS_DIR, ROWS, PartWriter, commit_chunk
 from raysel.store import FeatureStore, FeatureStoreError, chunk_id_of
 
 log = logging.getLogger(__name__)
 
+STORE_LEASE_FILE = "_lease.json"  # held by the run writing the store (raysel.storage.Lease)
 # Settings that define what a store's vectors mean: a resumed run must match them.
 IDENTITY_KEYS = ("model", "weights", "random_init", "tau", "clusters", "image_size", "source", "pretext", "seed")
 
@@ -107,14 +108,19 @@ def featurize(config: FeaturizeConfig, ray_config: RayConfig | None = None, prog
     Raises StorageError / ManifestError / FeatureStoreError / BackboneError with a
     message naming the problem for bad sources, stores or models; ResourcePlanError
     when the stages cannot fit the cluster; StallError after `stall_timeout`
-    seconds without progress.
+    seconds without progress; LeaseError when another run is writing the store;
+    StorageWriteError (naming the path) when a write fails.
     """
-    from raysel.runtime import ensure_ray
-
     config.validate()
     started = time.time()
     store = FeatureStore(config.out, config.storage())
     spec = model_input_spec(config)
+    if not store.is_complete():
+        from raysel.embed.backbone import load_backbone
+
+        # The model and its weights (hub, file or random init) fail here, with the reason,
+        # not in a model actor after Ray and the pipeline started.
+        load_backbone(config.model, config.weights, config.random_init, config.storage(), config.seed)
     identity = {
         "model": config.model,
         "weights": config.weights,
@@ -126,6 +132,14 @@ def featurize(config: FeaturizeConfig, ray_config: RayConfig | None = None, prog
         "pretext": config.pretext,
         "seed": config.seed,
     }
+    # One run per store: a second featurize into it fails instead of interleaving shards.
+    with storage.Lease(store.path(STORE_LEASE_FILE), store.options, what=f"feature store {store.uri}"):
+        return _featurize_under_lease(config, ray_config, progress, store, spec, identity, started)
+
+
+def _featurize_under_lease(config, ray_config, progress, store, spec, identity, started) -> FeaturizeSummary:
+    from raysel.runtime import ensure_ray
+
     manifest, added, removed = _open_or_create(store, config, identity)
     chunks = manifest.chunks()
     done = {chunk_id_of(u) for u in store.shard_uris()}
@@ -152,7 +166,7 @@ def featurize(config: FeaturizeConfig, ray_config: RayConfig | None = None, prog
         added_this_run=added,
         removed_from_source=removed,
     )
-    storage.write_json_atomic(store.path(schema.RESOLVED_CONFIG_FILE), asdict(config), store.options)
+    storage.write_json_atomic(store.path(schema.RESOLVED_CONFIG_FILE), to_dict(config), store.options)
     store.mark_complete({"summary": asdict(summary), "raysel_version": __version__})
     return summary
 

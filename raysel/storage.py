@@ -24,14 +24,33 @@ class StorageError(RuntimeError):
     """A bucket, prefix or object that cannot be reached or read."""
 
 
+class StorageWriteError(StorageError):
+    """A file or object that could not be written (read-only folder, full disk, access denied, endpoint down).
+
+    Nothing is left at the target: the old contents, or nothing, stay there; a temporary file is removed.
+    """
+
+
+class LeaseError(StorageError):
+    """Another live run holds the lease on an output."""
+
+
 @dataclass(frozen=True)
 class StorageOptions:
     """How to reach object storage. Picklable: shipped to every Ray worker."""
 
     s3_endpoint: str | None = None  # e.g. http://127.0.0.1:9000; falls back to $AWS_ENDPOINT_URL
+    # Retries of a failed S3 request (503 SlowDown, 500, reset connections, timeouts): botocore's
+    # "standard" mode, exponential backoff with jitter capped at 20 s; s3fs's own retry loop is kept short.
+    s3_max_attempts: int = 8  # attempts per request, the first included
+    s3_connect_timeout: float = 5.0  # seconds to open a connection
+    s3_read_timeout: float = 30.0  # seconds of silence on an open connection
 
     def endpoint(self) -> str | None:
         return self.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+
+
+S3FS_RETRIES = 2  # s3fs's loop around botocore's: a dead endpoint fails in bounded time
 
 
 def is_s3(uri: str) -> bool:
@@ -44,7 +63,17 @@ def filesystem(uri: str, options: StorageOptions | None = None) -> tuple[fsspec.
     if is_s3(uri):
         endpoint = options.endpoint()
         client_kwargs = {"endpoint_url": endpoint} if endpoint else {}
-        fs = fsspec.filesystem("s3", client_kwargs=client_kwargs, use_listings_cache=False)
+        fs = fsspec.filesystem(
+            "s3",
+            client_kwargs=client_kwargs,
+            use_listings_cache=False,
+            config_kwargs={
+                "retries": {"max_attempts": options.s3_max_attempts, "mode": "standard"},
+                "connect_timeout": options.s3_connect_timeout,
+                "read_timeout": options.s3_read_timeout,
+            },
+        )
+        fs.retries = S3FS_RETRIES  # a class attribute in s3fs, not a constructor argument
         return fs, uri[len("s3://"):].rstrip("/")
     if "://" in uri and not uri.startswith("file://"):
         raise StorageError(f"unsupported URI scheme in {uri!r}: use a local path or s3://bucket/prefix")
@@ -69,6 +98,15 @@ def exists(uri: str, options: StorageOptions | None = None) -> bool:
     return fs.exists(path)
 
 
+def remove(uri: str, options: StorageOptions | None = None) -> None:
+    """Delete one file or object if it exists (a no-op when it does not)."""
+    fs, path = filesystem(uri, options)
+    try:
+        fs.rm(path)
+    except FileNotFoundError:
+        pass
+
+
 def read_bytes(uri: str, options: StorageOptions | None = None) -> bytes:
     fs, path = filesystem(uri, options)
     with fs.open(path, "rb") as handle:
@@ -82,15 +120,29 @@ def write_bytes_atomic(uri: str, data: bytes, options: StorageOptions | None = N
     """
     fs, path = filesystem(uri, options)
     if is_s3(uri):
-        fs.pipe_file(path, data)
+        try:
+            fs.pipe_file(path, data)
+        except (OSError, ValueError) as exc:  # s3fs maps AccessDenied to PermissionError, a dead endpoint to OSError
+            raise StorageWriteError(f"cannot write {uri}: {_reason(exc)}; nothing was written there") from exc
         return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp = f"{path}.tmp-{uuid.uuid4().hex}"
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:  # read-only folder, full disk, permissions
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise StorageWriteError(f"cannot write {uri}: {_reason(exc)}; nothing was written there") from exc
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 def write_parquet_atomic(table: pa.Table, uri: str, options: StorageOptions | None = None) -> None:
@@ -154,3 +206,135 @@ def list_dirs(uri: str, options: StorageOptions | None = None) -> list[str]:
     except FileNotFoundError:
         return []
     return sorted(full_uri(fs, e["name"].rstrip("/")) for e in entries if e.get("type") == "directory")
+
+
+# ----------------------------------------------------------------------------- leases
+
+LEASE_STALE_AFTER_S = 600.0  # a lease not refreshed for this long belongs to a dead run
+
+
+def _lease_owner() -> dict[str, Any]:
+    import socket
+    import time
+
+    return {"host": socket.gethostname(), "pid": os.getpid(), "token": uuid.uuid4().hex, "heartbeat": time.time()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def lease_is_stale(owner: dict[str, Any], stale_after_s: float = LEASE_STALE_AFTER_S) -> bool:
+    """Staleness rule: on this host, the owner's pid is gone; elsewhere, no heartbeat for `stale_after_s`."""
+    import socket
+    import time
+
+    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+        return not _pid_alive(owner["pid"])
+    return time.time() - float(owner.get("heartbeat", 0)) > stale_after_s
+
+
+class Lease:
+    """An exclusive claim on an output (`<out>.lease`, or `_lease.json` in a store), held while a run writes it.
+
+    The file holds the owner's host, pid and a heartbeat that a thread refreshes every
+    `stale_after_s / 4`. A second run finding a live owner fails at once with LeaseError naming
+    it; a stale lease (see `lease_is_stale`) is taken over. Locally the claim is an exclusive
+    create (O_EXCL); on S3 it is written and read back (a race between two runs starting within
+    the same second can let both through; the runs' atomic writes keep the output whole).
+
+    Use as a context manager; the lease file is removed on exit.
+    """
+
+    def __init__(self, uri: str, options: StorageOptions | None = None, what: str = "output",
+                 stale_after_s: float = LEASE_STALE_AFTER_S) -> None:
+        self.uri, self.options, self.what, self.stale_after_s = uri, options, what, stale_after_s
+        self.owner = _lease_owner()
+        self._stop = None
+        self._thread = None
+        self._made_folder: str | None = None
+
+    def __enter__(self) -> "Lease":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def acquire(self) -> None:
+        for _ in range(2):
+            if self._create():
+                break
+            current = self._read()
+            if current is not None and not lease_is_stale(current, self.stale_after_s):
+                raise LeaseError(
+                    f"{self.what} is being written by another run (host {current.get('host')}, pid {current.get('pid')}; "
+                    f"lease {self.uri}); wait for it to finish, or remove the lease file if that run is gone"
+                )
+            remove(self.uri, self.options)  # stale: its owner is gone
+        else:
+            raise LeaseError(f"could not take the lease {self.uri}: another run took it at the same moment")
+        import threading
+
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._heartbeat, name="raysel-lease", daemon=True)
+        self._thread.start()
+
+    def release(self) -> None:
+        if self._stop is not None:
+            self._stop.set()
+            self._thread.join(timeout=5)
+        current = self._read()
+        if current is not None and current.get("token") == self.owner["token"]:
+            remove(self.uri, self.options)
+        if self._made_folder:
+            try:
+                os.rmdir(self._made_folder)  # only if empty: a run that failed early leaves nothing behind
+            except OSError:
+                pass
+
+    def _create(self) -> bool:
+        payload = json.dumps(self.owner).encode()
+        if is_s3(self.uri):
+            if exists(self.uri, self.options):
+                return False
+            write_bytes_atomic(self.uri, payload, self.options)
+            current = self._read()
+            return current is not None and current.get("token") == self.owner["token"]
+        _, path = filesystem(self.uri, self.options)
+        folder = os.path.dirname(path) or "."
+        if not os.path.isdir(folder):
+            self._made_folder = folder  # removed again on release if the run left it empty
+        try:
+            os.makedirs(folder, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            raise StorageWriteError(f"cannot write {self.uri}: {_reason(exc)}; nothing was written there") from exc
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(payload)
+        return True
+
+    def _read(self) -> dict[str, Any] | None:
+        try:
+            value = read_json(self.uri, self.options)
+        except (FileNotFoundError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
+    def _heartbeat(self) -> None:
+        import time
+
+        while not self._stop.wait(self.stale_after_s / 4):
+            self.owner["heartbeat"] = time.time()
+            try:
+                write_bytes_atomic(self.uri, json.dumps(self.owner).encode(), self.options)
+            except StorageError:
+                pass  # the run's own writes report the problem

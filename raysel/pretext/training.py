@@ -14,6 +14,15 @@ rerunning a killed run, or Ray Train's own retry after a worker failure
 directory remembers the settings it was trained with; another run asking for
 other settings fails instead of mixing them.
 
+Recipe: PT4AL's SGD (lr 0.1, momentum 0.9, weight decay 5e-4) is made for ResNet-18; a ViT under
+it ends every epoch at ln 4 = 1.3863, chance: it outputs a constant. `--optimizer auto` (the
+default) keeps SGD for CNNs and gives transformers (models with a `patch_embed`) AdamW (lr 1e-3,
+weight decay 0.05) with a linear warmup over the first 10% of the steps, a per-step cosine decay
+to 0 and the gradient norm clipped to 1, the usual ViT recipe (docs/pt4al.md has the measurement).
+A final loss within 2% of ln 4 (or above it) is reported as a warning in the summary and saved in
+the model file's metadata (`at_chance`, `warning`): such a model ranks nothing and is a useless
+`featurize --weights` backbone.
+
 Determinism: the network init, the data order (a seeded permutation of the
 pool, order-preserving Ray Data) and each epoch's local shuffle are seeded.
 With one worker on the CPU a run is reproducible; with several workers Ray
@@ -27,13 +36,13 @@ import math
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from raysel import schema, storage
-from raysel.config import PretextConfig, RayConfig
+from raysel.config import PretextConfig, RayConfig, to_dict
 from raysel.images import list_images
 from raysel.pretext import checkpoints
 from raysel.pretext.data import IMAGE, training_dataset
@@ -64,9 +73,14 @@ class PretextSummary:
     def final_loss(self) -> float | None:
         return self.history[-1] if self.history else None
 
+    @property
+    def warning(self) -> str | None:
+        return chance_warning(self.final_loss)
+
     def lines(self) -> str:
+        warning = f"\n  WARNING: {self.warning}" if self.warning else ""
         if self.skipped:
-            return f"pretext model: {self.out} (already trained with these settings; nothing to do)"
+            return f"pretext model: {self.out} (already trained with these settings; nothing to do)" + warning
         resumed = f", resumed after epoch {self.resumed_from_epoch}" if self.resumed_from_epoch else ""
         losses = " ".join(f"{loss:.4f}" for loss in self.history)
         return (
@@ -74,7 +88,48 @@ class PretextSummary:
             f"  images: {self.images}  epochs: {self.epochs}{resumed}  workers: {self.workers} ({self.device})\n"
             f"  loss per epoch: {losses}\n"
             f"  this run: {self.seconds:.1f} s ({self.images_per_second:.1f} images/s while training)"
-        )
+        ) + warning
+
+
+CHANCE_LOSS = math.log(4)  # cross-entropy of a constant guess over the 4 rotations
+CHANCE_MARGIN = 0.02  # a final loss within 2% of it (or above) has learnt nothing
+
+
+def chance_warning(final_loss: float | None) -> str | None:
+    """The warning for a model that ended at chance level, else None."""
+    if final_loss is None or final_loss < (1 - CHANCE_MARGIN) * CHANCE_LOSS:
+        return None
+    return (
+        f"the final training loss {final_loss:.4f} is at chance level (ln 4 = {CHANCE_LOSS:.4f}): the model predicts "
+        "no rotation, its pretext losses rank nothing and its backbone is no use for `featurize --weights`. "
+        "Train longer, or with another --optimizer / learning rate (ViTs: --optimizer adamw)"
+    )
+
+
+def is_transformer(model_name: str) -> bool:
+    """Whether a timm model is a patch-embedding transformer (ViT, DeiT, Swin, ...), judged on the meta device."""
+    import timm
+    import torch
+
+    with torch.device("meta"):
+        return hasattr(timm.create_model(model_name, pretrained=False), "patch_embed")
+
+
+def optimizer_name(config: PretextConfig) -> str:
+    """'sgd' or 'adamw': --optimizer, with 'auto' resolved by the model's family."""
+    if config.optimizer != "auto":
+        return config.optimizer
+    return "adamw" if is_transformer(config.model) else "sgd"
+
+
+def adamw_step_lr(config: PretextConfig, step: int, total_steps: int) -> float:
+    """AdamW's learning rate at 0-based `step`: linear warmup over `warmup` x total, then cosine to 0."""
+    total_steps = max(1, total_steps)
+    warmup_steps = int(round(config.warmup * total_steps))
+    if step < warmup_steps:
+        return config.adamw_lr * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return config.adamw_lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 def identity_of(config: PretextConfig, image_size: int) -> dict[str, Any]:
@@ -92,6 +147,9 @@ def identity_of(config: PretextConfig, image_size: int) -> dict[str, Any]:
         "schedule": config.schedule,
         "shuffle_buffer": config.shuffle_buffer,
         "seed": config.seed,
+        # only for AdamW, so the identity of an SGD run is what it always was
+        **({"optimizer": "adamw", "adamw_lr": config.adamw_lr, "adamw_weight_decay": config.adamw_weight_decay,
+            "warmup": config.warmup, "grad_clip": config.grad_clip} if optimizer_name(config) == "adamw" else {}),
     }
 
 
@@ -148,7 +206,7 @@ def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None) ->
             )
     else:
         storage.write_json_atomic(identity_uri, identity, options)
-    storage.write_json_atomic(storage.join(checkpoint_dir, schema.RESOLVED_CONFIG_FILE), asdict(config), options)
+    storage.write_json_atomic(storage.join(checkpoint_dir, schema.RESOLVED_CONFIG_FILE), to_dict(config), options)
     found = checkpoints.checkpoint_uris(checkpoint_dir, options)
     resumed_from = checkpoints.epochs_of(found[-1]) if found else 0
     if resumed_from:
@@ -177,6 +235,8 @@ def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None) ->
             "image_size": image_size,
             "identity": identity,
             "pause_after_epoch_s": float(os.environ.get(PAUSE_AFTER_EPOCH_ENV, "0") or 0),
+            "optimizer": optimizer_name(config),
+            "steps_per_epoch": max(1, math.ceil(len(uris) / config.batch_size)),
         },
         scaling_config=ScalingConfig(
             num_workers=workers,
@@ -195,7 +255,7 @@ def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None) ->
     # Ray Train keeps only metrics reported with a checkpoint; rank 0 leaves this run's numbers in the model file.
     this_run = meta.get("last_run", {})
     train_seconds = float(this_run.get("train_seconds", 0.0))
-    return PretextSummary(
+    summary = PretextSummary(
         out=config.out,
         images=len(uris),
         epochs=config.epochs,
@@ -207,6 +267,9 @@ def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None) ->
         train_seconds=train_seconds,
         images_per_second=float(this_run.get("images", 0)) / train_seconds if train_seconds > 0 else 0.0,
     )
+    if summary.warning:
+        log.warning("%s: %s", config.out, summary.warning)
+    return summary
 
 
 def default_image_size_checked(model_name: str) -> int:
@@ -286,7 +349,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         start_epoch, history, optimizer_state = int(state["epoch"]), list(state["history"]), state["optimizer"]
 
     model = ray.train.torch.prepare_model(net)  # moves to the device; DDP when there are several workers
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    adamw = loop_config.get("optimizer") == "adamw"
+    if adamw:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.adamw_lr, weight_decay=config.adamw_weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    steps_per_epoch = int(loop_config.get("steps_per_epoch", 1))
+    total_steps = steps_per_epoch * config.epochs
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
     shard = ray.train.get_dataset_shard("train")
@@ -306,7 +375,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             local_shuffle_buffer_size=config.shuffle_buffer or None,
             local_shuffle_seed=config.seed * 100_003 + epoch * 101 + rank if config.shuffle_buffer else None,
         )
-        for batch in batches:
+        for step_in_epoch, batch in enumerate(batches):
+            if adamw:  # per step: the whole run's warmup and cosine decay
+                step_lr = adamw_step_lr(config, epoch * steps_per_epoch + min(step_in_epoch, steps_per_epoch - 1), total_steps)
+                for group in optimizer.param_groups:
+                    group["lr"] = step_lr
             images = batch[IMAGE].to(device)
             views, labels = rotated_views(normalize_images(images, spec.mean, spec.std))
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
@@ -314,6 +387,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             loss = F.cross_entropy(logits.float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if adamw and config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             optimizer.step()
             totals[0] += loss.detach().double() * len(images)
             totals[1] += len(images)
@@ -352,5 +427,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "epochs": config.epochs,
             "pretrained": config.pretrained,
             "last_run": {"images": images_this_run, "train_seconds": train_seconds, "workers": world},
+            "optimizer": "adamw" if adamw else "sgd",
+            "at_chance": chance_warning(history[-1] if history else None) is not None,
+            "warning": chance_warning(history[-1] if history else None),
         }
         checkpoints.save(checkpoints.export_model(net.cpu(), config.model, spec, meta), config.out, options)

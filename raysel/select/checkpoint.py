@@ -1,8 +1,9 @@
 """Resume: the picks so far, saved atomically next to the output as `<out>.checkpoint.json`.
 
 A checkpoint is tied to a fingerprint of everything that decides the picks
-(method, sampling, distance, seed, dtype, labeled uris, the store's files and
-row counts, and the method's own `fingerprint_options` such as probcover's delta). Budget, shards and candidates are left out on purpose: the picks are
+(method, sampling, distance, seed, dtype, labeled uris, what the store holds (its
+metadata, and per shard its name, row count and ETag/size/mtime: raysel/fingerprints.py),
+and the method's own `fingerprint_options` such as probcover's delta). Budget, shards and candidates are left out on purpose: the picks are
 the same prefix whatever they are, so a rerun with more shards or a bigger budget
 continues too. The checkpoint is removed once the output is written.
 """
@@ -23,19 +24,29 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIX = ".checkpoint.json"
 CONFIG_SUFFIX = ".config.json"
-FORMAT_VERSION = 1
+LEASE_SUFFIX = ".lease"
+FORMAT_VERSION = 2  # 2: the store is fingerprinted by content, not by file names and rows
 
 
 def checkpoint_uri(out: str) -> str:
     return out + CHECKPOINT_SUFFIX
 
 
+def lease_uri(out: str) -> str:
+    """`<out>.lease`: held by the run writing `out` (raysel.storage.Lease)."""
+    return out + LEASE_SUFFIX
+
+
 def config_uri(out: str) -> str:
     return out + CONFIG_SUFFIX
 
 
-def fingerprint(config: SelectConfig, store_files: list[tuple[str, int]], labeled: list[str]) -> str:
-    """sha256 of what decides the picks (config must be resolved: distance filled in)."""
+def fingerprint(config: SelectConfig, store_state: dict, labeled: list[str]) -> str:
+    """sha256 of what decides the picks (config must be resolved: distance filled in).
+
+    Args:
+        store_state: `raysel.fingerprints.store_state(store, file_row_counts(store))`.
+    """
     payload = {
         "version": FORMAT_VERSION,
         "method": config.method,
@@ -43,7 +54,7 @@ def fingerprint(config: SelectConfig, store_files: list[tuple[str, int]], labele
         "distance": config.distance,
         "seed": config.seed,
         "dtype": config.dtype,
-        "store_files": [[uri.rstrip("/").rsplit("/", 1)[-1], rows] for uri, rows in store_files],
+        "store": store_state,
         "labeled": hashlib.sha256("\n".join(sorted(labeled)).encode()).hexdigest(),
     }
     options = get_method(config.method).fingerprint_options

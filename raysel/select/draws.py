@@ -11,6 +11,13 @@ order. So a shard computes the numbers of its own rows alone, and the winner of
   E_ij / w_ij with E_ij ~ Exp(1) and w_ij = its squared min-distance; the
   smallest key wins with probability w_ij / sum(w) (the exponential race), and
   the draw for pick t uses index t, so every pick has its own random numbers.
+- Only distinct clusters take part in a `prob` draw. An image that kept n < K
+  patches has n knowledge clusters, stored as K rows that repeat them cyclically
+  (raysel/cluster/kmeans.py); the released FreeSel code keeps n rows, so each
+  cluster is one ticket. Weighting all K rows would give a one-patch image K times
+  its chance. `distinct_clusters` finds the repeats (exact copies of an earlier
+  row of the same image; for raysel's stores: the rows past `num_kept_patches`)
+  and `prob_weights` gives them weight 0.
 - `random` method: the `budget` images with the smallest uniform keys, i.e. a
   uniform sample without replacement.
 """
@@ -86,3 +93,36 @@ def exponential_race_keys(weights: np.ndarray, hashes: np.ndarray, seed: int, in
     exponential = -np.log(uniform_keys(hashes, seed, PROB_SAMPLING_STREAM, index, weights.shape[1]))
     with np.errstate(divide="ignore"):
         return np.where(weights > 0, exponential / np.where(weights > 0, weights, 1.0), np.inf)
+
+
+def distinct_clusters(vectors: np.ndarray) -> np.ndarray:
+    """Which cluster rows are not an exact copy of an earlier row of the same image.
+
+    Args:
+        vectors: [N, K, D] the images' knowledge clusters as stored.
+
+    Returns:
+        [N, K] bool; row 0 is always True. For a raysel store this is
+        `arange(K) < num_kept_patches`: K-Means repeats the n < K patches cyclically.
+    """
+    count, clusters = vectors.shape[:2]
+    distinct = np.ones((count, clusters), dtype=bool)
+    for start in range(0, count, 65536):  # row blocks: the comparisons' [rows, D] temporaries stay small
+        block = vectors[start:start + 65536]
+        for later in range(1, clusters):
+            for earlier in range(later):
+                distinct[start:start + 65536, later] &= ~np.all(block[:, later] == block[:, earlier], axis=-1)
+    return distinct
+
+
+def prob_weights(min_distance: np.ndarray, eligible: np.ndarray, distinct: np.ndarray | None = None) -> np.ndarray:
+    """Weights of a `prob` draw: squared min-distance of every distinct cluster of an eligible image, else 0.
+
+    Args:
+        min_distance: [N, K] float64. eligible: [N] bool. distinct: [N, K] bool (None: all distinct).
+
+    Returns:
+        [N, K] float64.
+    """
+    keep = eligible[:, None] if distinct is None else eligible[:, None] & distinct
+    return np.where(keep, min_distance**2, 0.0)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from raysel import __version__, storage
 from raysel.config import SelectConfig, to_dict
+from raysel.fingerprints import store_state
 from raysel.select import checkpoint
 from raysel.select.base import Pick, SelectionContext
 from raysel.select.distances import check_distance, storage_dtype
@@ -118,15 +119,23 @@ def run_selection(config: SelectConfig, progress: bool | None = None) -> pa.Tabl
     options = resolved.storage()
     store = FeatureStore(resolved.store, options)
     labeled = read_labeled(resolved.labeled, options) if resolved.labeled else []
-    exclusion = None
-    if resolved.exclude:  # every method then reads a view of the store without those rows
-        from raysel.dedup.exclude import exclusion_view
+    # One run per output: a second select with the same --out fails instead of tearing the checkpoint.
+    with storage.Lease(checkpoint.lease_uri(resolved.out), options, what=f"--out {resolved.out}"):
+        # Fingerprint what the source store holds (the exclusion view below is rewritten on every run).
+        fingerprint = checkpoint.fingerprint(resolved, store_state(store, file_row_counts(store)), labeled)
+        exclusion, excluded_rows = None, 0
+        if resolved.exclude:  # every method then reads a view of the store without those rows
+            from raysel.dedup.exclude import exclusion_view
 
-        store, exclusion, excluded_rows = exclusion_view(store, resolved.exclude, resolved.out, labeled, options)
-    fingerprint = checkpoint.fingerprint(resolved, file_row_counts(store), labeled)
-    if exclusion is not None:
-        fingerprint = hashlib.sha256(f"{fingerprint}:exclude:{exclusion}".encode()).hexdigest()
+            store, exclusion, excluded_rows = exclusion_view(store, resolved.exclude, resolved.out, labeled, options)
+            fingerprint = hashlib.sha256(f"{fingerprint}:exclude:{exclusion}".encode()).hexdigest()
+        return _select_under_lease(resolved, method, store, labeled, fingerprint, progress, started, exclusion, excluded_rows)
 
+
+def _select_under_lease(
+    resolved, method, store, labeled, fingerprint, progress, started, exclusion=None, excluded_rows=0
+) -> pa.Table:
+    options = resolved.storage()
     existing = _finished(resolved, fingerprint)
     if existing is not None:
         log.info("%s already holds this selection; nothing to do", resolved.out)
@@ -152,6 +161,9 @@ def run_selection(config: SelectConfig, progress: bool | None = None) -> pa.Tabl
     finally:
         pick_log.close()
 
+    # The old record goes first: a crash between the two writes leaves an output without a
+    # record (recomputed on rerun), never a new output under an old record or the reverse.
+    storage.remove(checkpoint.config_uri(resolved.out), options)
     storage.write_parquet_atomic(table, resolved.out, options)
     storage.write_json_atomic(
         checkpoint.config_uri(resolved.out),

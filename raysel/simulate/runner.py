@@ -3,11 +3,14 @@
 1. Check the config and read both splits: embeddings, the oracle's labels, budgets against the pool.
 2. Write DIR/config.yaml (the resolved config; `raysel simulate --config DIR/config.yaml` reruns it).
 3. For each method and seed, run the rounds (rounds.py) unless DIR/results.parquet already holds
-   that curve from the same inputs; rewrite the results table after each curve.
+   that curve from the same inputs (same paths and options in config.yaml, same contents in
+   DIR/inputs.json: the stores' fingerprints and the labels files' sha256, raysel/fingerprints.py);
+   rewrite the results table after each curve.
 4. Draw DIR/accuracy.png.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import fields
@@ -18,6 +21,8 @@ import yaml
 
 from raysel import __version__, storage
 from raysel.config import SelectConfig, SimulateConfig, to_dict
+from raysel.fingerprints import file_digest, store_state
+from raysel.select.pool.store_rows import file_row_counts
 from raysel.select.registry import get_method
 from raysel.simulate.classifier import read_embeddings, single_threaded_torch
 from raysel.simulate.errors import OracleLabelsError, ResultsMismatchError, SelectOptionsError, SimulationBudgetError
@@ -30,6 +35,7 @@ from raysel.store import FeatureStore
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
+INPUTS_FILE = "inputs.json"  # what the inputs held when the curves were computed
 # Set by the simulation in every round; --select-options cannot override them.
 ROUND_OPTIONS = ("store", "out", "budget", "method", "labeled", "seed", "cycle", "cycles", "s3_endpoint")
 # Inputs a finished curve depends on: a rerun reuses curves only when these match.
@@ -62,6 +68,18 @@ def _curve_inputs(config: dict[str, Any]) -> dict[str, Any]:
     values["budgets"] = SimulateConfig(budgets=values["budgets"] or "").budget_list()
     values["select_options"] = parse_select_options(values["select_options"])
     return values
+
+
+def input_fingerprints(config: SimulateConfig) -> dict[str, Any]:
+    """What the stores and labels files hold now: a store rebuilt at the same path gives other values."""
+    options = config.storage()
+    pool, test = FeatureStore(config.store, options), FeatureStore(config.test_store, options)
+    return {
+        "store": store_state(pool, file_row_counts(pool)),
+        "test_store": store_state(test, file_row_counts(test)),
+        "labels": file_digest(config.labels, options),
+        "test_labels": file_digest(config.test_labels, options),
+    }
 
 
 def load_data(config: SimulateConfig) -> SimulationData:
@@ -110,7 +128,15 @@ def run_simulation(config: SimulateConfig) -> pa.Table:
                 "use another --out, or delete it to start over"
             )
         finished = read_results(config.out, options)
+    inputs_uri = storage.join(config.out, INPUTS_FILE)
+    inputs = input_fingerprints(config)
+    if finished:
+        earlier_inputs = storage.read_json(inputs_uri, options) if storage.exists(inputs_uri, options) else None
+        if json.loads(json.dumps(inputs)) != earlier_inputs:
+            log.warning("%s: the stores or labels changed since its curves were computed; recomputing them", config.out)
+            finished = []
     storage.write_bytes_atomic(config_uri, yaml.safe_dump(to_dict(config), sort_keys=False).encode(), options)
+    storage.write_json_atomic(inputs_uri, inputs, options)
 
     wanted = {(method, seed) for method in methods for seed in seeds}
     rows = [row for row in finished if (row["method"], row["seed"]) in wanted]

@@ -78,7 +78,10 @@ def test_prob_sampling_resumes_from_a_checkpoint(ray_session, tmp_path, make_sto
     out = str(tmp_path / "selection.parquet")
     config = SelectConfig(store=store, out=out, budget=40, sampling="prob", seed=4)
     expected = select_reference(vectors, uris, 40, sampling="prob", seed=4)
-    fingerprint = checkpoint.fingerprint(resolve_config(config), file_row_counts(FeatureStore(store)), [])
+    from raysel.fingerprints import store_state
+
+    handle = FeatureStore(store)
+    fingerprint = checkpoint.fingerprint(resolve_config(config), store_state(handle, file_row_counts(handle)), [])
     checkpoint.write_checkpoint(out, fingerprint, picks_of(expected)[:17])
     table = run_selection(config, progress=False)
     assert table.equals(expected)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shutil
 
+import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
@@ -127,3 +128,27 @@ def test_every_registered_method_runs(ray_session, splits, tmp_path):
     assert sorted(set(table.column("method").to_pylist())) == methods
     assert table.num_rows == 2 * len(methods)
     assert all(0.0 <= a <= 1.0 for a in table.column("accuracy").to_pylist())
+
+
+def test_rebuilt_store_at_the_same_path_recomputes_the_curves(simulation, splits, tmp_path):
+    """Same paths, same options, other vectors: the cached curves are of other data and are recomputed."""
+    import numpy as np
+
+    from raysel.store import FeatureStore, write_store
+
+    config, rows = simulation
+    out, pool = str(tmp_path / "sim"), str(tmp_path / "pool-store")
+    shutil.copytree(splits["store"], pool)
+    inputs = {**splits, "store": pool}
+    first = run_simulation(SimulateConfig(**inputs, out=out, methods="random", budgets="2,4,12", seeds="0")).to_pylist()
+    assert first == [r for r in rows if r["method"] == "random" and r["seed"] == 0]
+
+    table = pa.concat_tables(FeatureStore(pool).iter_tables())
+    rng = np.random.default_rng(0)
+    noise = rng.standard_normal((table.num_rows, len(table.column("embedding")[0]))).astype(np.float32)
+    table = table.set_column(table.column_names.index("embedding"), "embedding",
+                             pa.array(list(noise), pa.list_(pa.float32())))
+    shutil.rmtree(pool)
+    write_store(pool, table)  # the same uris and labels; embeddings that carry no class signal
+    again = run_simulation(SimulateConfig(**inputs, out=out, methods="random", budgets="2,4,12", seeds="0")).to_pylist()
+    assert [r["accuracy"] for r in again] != [r["accuracy"] for r in first]

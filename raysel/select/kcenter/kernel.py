@@ -162,6 +162,7 @@ class KCenterShard:
         else:
             self.vectors, self.factors = prepare_vectors(vectors, self.uris, distance, dtype)
         count, clusters = self.vectors.shape[:2]
+        self.distinct = draws.distinct_clusters(self.vectors)  # [n, K]: repeats take no part in prob draws
         self.min_distance = np.full((count, clusters), np.inf)
         if kernel not in SHARD_KERNELS:
             raise ValueError(f"kernel must be one of {SHARD_KERNELS}, got {kernel!r}")
@@ -308,7 +309,7 @@ class KCenterShard:
         rows = np.flatnonzero(self.eligible)
         if not len(rows):
             return None
-        weights = np.where(self.eligible[:, None], self.min_distance**2, 0.0)
+        weights = draws.prob_weights(self.min_distance, self.eligible, self.distinct)
         weight_sum = float(weights.sum())
         keys = draws.exponential_race_keys(weights, self.hashes, seed, index)
         best_key = keys.min()
