@@ -76,7 +76,10 @@ class SelectConfig:
     out: str = _opt("", "Selection manifest to write (.parquet)", required=True)
     budget: int = _opt(0, "Images to select", required=True)
     method: str = _opt("geal", "Selection method (see `raysel methods`)")
-    sampling: str = _opt("greedy", "geal: 'greedy' (paper, Algorithm 1) or 'prob' (released code's default)")
+    sampling: str = _opt(
+        "greedy", "geal: 'greedy' (the paper's Algorithm 1, FDS) or 'prob' (draw clusters with p ~ d^2; the released "
+        "FreeSel scripts default to prob, and its VOC and CIFAR runs used it)"
+    )
     distance: str | None = _opt(None, "'cosine' or 'euclidean' (default: cosine for geal, euclidean for coreset)")
     labeled: str | None = _opt(None, "Already-labeled images (.parquet/.csv with 'uri'): seed the pool, never re-picked")
     seed: int = _opt(0, "Seed: first pick without --labeled, prob sampling, random method")
@@ -92,6 +95,19 @@ class SelectConfig:
     predictions: str | None = _opt(
         None, "pt4al / uncertainty: your model's class probabilities (.parquet/.csv: 'uri' + prob_0..prob_K-1 "
         "or a list column 'probs'), instead of the built-in linear head on the embeddings"
+    )
+    pt4al_sort: str = _opt(
+        "numeric", "pt4al: order of the pretext losses: 'numeric' (the paper) or 'string' (the released "
+        "make_batches.py sorts str(float(loss)), so losses below 1e-4 in scientific notation sort with the hardest)"
+    )
+    confidence: str = _opt(
+        "normalized", "pt4al cycles >= 1: top-1 of softmax(logits / |logits|) ('normalized', the released code) or "
+        "of softmax(logits) ('softmax'); applies to the linear head and to --predictions-logits"
+    )
+    predictions_logits: bool = _opt(False, "--predictions holds logits (prob_0.. columns are raw scores), not probabilities")
+    random_start: int = _opt(
+        0, "geal / coreset: the first N picks are seeded uniform draws that count toward --budget (the released "
+        "code's --random_num); the rest are K-Center picks. 0: off"
     )
     # --- low-budget methods on the embedding: typiclust, probcover (docs/selection.md) ---
     typiclust_max_clusters: int = _opt(
