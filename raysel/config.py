@@ -50,6 +50,27 @@ class FeaturizeConfig:
     seed: int = _opt(0, "Seed for everything random")
     s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
     pretext: str | None = _opt(None, "Rotation pretext checkpoint: adds a pretext_loss column (PT4AL)")
+    # --- fidelity to the released FreeSel code (docs/fidelity.md) ---
+    kmeans_init: str = _opt(
+        "farthest", "K-Means seeding: 'farthest' (farthest point from the first kept patch), 'random' (K distinct "
+        "random patches, the released kmeans_pytorch) or 'kmeans++'; random draws are seeded per image from its uri"
+    )
+    kmeans_stop: str = _opt(
+        "max-shift", "K-Means stop: 'max-shift' (no center moved more than --kmeans-tol) or 'sum-shift-squared' "
+        "((sum of center shifts)^2 < --kmeans-tol, the released kmeans_pytorch)"
+    )
+    kmeans_empty: str = _opt(
+        "keep", "An empty K-Means cluster: 'keep' its center, or 'reseed' it at a random patch (released kmeans_pytorch)"
+    )
+    precision: str | None = _opt(
+        None, "Model precision: 'float32' (end to end, as the released code) or 'bf16' (bfloat16 autocast on GPU, "
+        "kept patches shipped to K-Means as float16); default: bf16 on GPU, float32 model on CPU"
+    )
+
+    def fidelity_identity(self) -> dict[str, Any]:
+        """The fidelity options that differ from their defaults: they join the store's identity."""
+        defaults = {"kmeans_init": "farthest", "kmeans_stop": "max-shift", "kmeans_empty": "keep", "precision": None}
+        return {name: getattr(self, name) for name, default in defaults.items() if getattr(self, name) != default}
 
     def storage(self) -> StorageOptions:
         return StorageOptions(s3_endpoint=self.s3_endpoint)
@@ -57,6 +78,17 @@ class FeaturizeConfig:
     def validate(self) -> None:
         if not self.source:
             raise ValueError("featurize needs a SOURCE (folder, s3://bucket/prefix or manifest)")
+        # The same choices as raysel.cluster.kmeans.INITS / STOPS / EMPTIES (not imported: that imports torch).
+        kmeans_choices = (
+            ("kmeans_init", ("farthest", "random", "kmeans++")),
+            ("kmeans_stop", ("max-shift", "sum-shift-squared")),
+            ("kmeans_empty", ("keep", "reseed")),
+        )
+        for name, choices in kmeans_choices:
+            if getattr(self, name) not in choices:
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {list(choices)}, got {getattr(self, name)!r}")
+        if self.precision not in (None, "float32", "bf16"):
+            raise ValueError(f"--precision must be 'float32' or 'bf16', got {self.precision!r}")
         if not self.out:
             raise ValueError("featurize needs --out STORE")
         if not 0.0 < self.tau <= 1.0:

@@ -85,6 +85,7 @@ def featurize(config: FeaturizeConfig, ray_config: RayConfig | None = None, prog
         "source": config.source,
         "pretext": config.pretext,
         "seed": config.seed,
+        **config.fidelity_identity(),  # K-Means rule, precision: only when not the defaults (older stores match)
     }
     uris, chunk_size = _open_or_create(store, config, identity)
     chunks = {i: uris[start : start + chunk_size] for i, start in enumerate(range(0, len(uris), chunk_size))}
@@ -115,12 +116,18 @@ def featurize(config: FeaturizeConfig, ray_config: RayConfig | None = None, prog
     return summary
 
 
+_FIDELITY_KEYS = {"kmeans_init", "kmeans_stop", "kmeans_empty", "precision"}  # FeaturizeConfig.fidelity_identity
+
+
 def _open_or_create(store: FeatureStore, config: FeaturizeConfig, identity: dict[str, Any]) -> tuple[list[str], int]:
     """The store's manifest of URIs and chunk size; lists the source only on the first run."""
     manifest_uri = store.path(schema.STORE_MANIFEST_FILE)
     if store.exists():
         metadata = store.metadata()
         mismatched = {k: (metadata.get(k), v) for k, v in identity.items() if metadata.get(k) != v}
+        for k in _FIDELITY_KEYS:  # a store written with a non-default rule, a run asking for the default
+            if k in metadata and k not in identity:
+                mismatched[k] = (metadata[k], "the default")
         if mismatched:
             details = ", ".join(f"{k}: store has {old!r}, run asks {new!r}" for k, (old, new) in mismatched.items())
             raise FeatureStoreError(f"{store.uri} was written with other settings ({details}); use a new --out")
@@ -190,6 +197,7 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
                 "tau": config.tau,
                 "storage_options": config.storage(),
                 "seed": config.seed,
+                "precision": config.precision,
             },
             batch_size=config.batch_size,
             compute=ActorPoolStrategy(size=model_actors),
@@ -197,7 +205,10 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
         )
         .map_batches(
             KnowledgeClusterer,
-            fn_constructor_kwargs={"clusters": config.clusters, "max_iters": config.kmeans_iters, "tol": config.kmeans_tol},
+            fn_constructor_kwargs={
+                "clusters": config.clusters, "max_iters": config.kmeans_iters, "tol": config.kmeans_tol,
+                "init": config.kmeans_init, "stop": config.kmeans_stop, "empty": config.kmeans_empty, "seed": config.seed,
+            },
             batch_size=max(config.batch_size, 128),
             compute=ActorPoolStrategy(size=config.kmeans_actors),
             num_cpus=0.25,

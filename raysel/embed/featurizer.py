@@ -24,6 +24,8 @@ from raysel.storage import StorageOptions
 IMAGE = "image"
 
 FEATURE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
+# None: bfloat16 autocast on GPU, float32 on CPU (CPU autocast is slower); 'bf16' / 'float32' force one.
+PRECISIONS = (None, "bf16", "float32")
 
 
 class Featurizer:
@@ -46,7 +48,12 @@ class Featurizer:
         feature_dtype: str = "float16",
         seed: int = 0,
         torch_threads: int | None = None,
+        precision: str | None = None,
     ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS[1:]} or None, got {precision!r}")
+        if precision == "float32":
+            feature_dtype = "float32"  # float32 end to end, as the released code: no float16 hop to K-Means
         if feature_dtype not in FEATURE_DTYPES:
             raise ValueError(f"feature_dtype must be one of {sorted(FEATURE_DTYPES)}, got {feature_dtype!r}")
         if not 0.0 < tau <= 1.0:
@@ -60,15 +67,19 @@ class Featurizer:
         self.spec = input_spec(self.model)
         self.tau = tau
         self.feature_dtype = FEATURE_DTYPES[feature_dtype]
+        self.autocast_dtype = torch.bfloat16 if self.device.type == "cuda" and precision != "float32" else None
+        if precision == "bf16" and self.device.type == "cpu":
+            self.autocast_dtype = torch.bfloat16  # asked for: the numbers of a GPU run, slower on CPU
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         images = np.asarray(batch[IMAGE])
         size = self.spec.image_size
         if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
             raise ValueError(f"'{IMAGE}' must be [B, {size}, {size}, 3] uint8, got {images.shape} {images.dtype}")
-        # bfloat16 autocast on GPU only: CPU autocast is slower than float32 there.
         autocast = (
-            torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" else contextlib.nullcontext()
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
         )
         with torch.inference_mode(), autocast:
             pixels = torch.from_numpy(np.require(images, requirements=["C", "W"])).to(self.device, non_blocking=True)  # Ray hands read-only arrays
