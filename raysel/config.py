@@ -52,8 +52,9 @@ class FeaturizeConfig:
     pretext: str | None = _opt(None, "Rotation pretext checkpoint: adds a pretext_loss column (PT4AL)")
     # --- fidelity to the released FreeSel code (docs/fidelity.md) ---
     kmeans_init: str = _opt(
-        "farthest", "K-Means seeding: 'farthest' (farthest point from the first kept patch), 'random' (K distinct "
-        "random patches, the released kmeans_pytorch) or 'kmeans++'; random draws are seeded per image from its uri"
+        "kmeans++", "K-Means seeding: 'kmeans++' (lowest inertia on real patch features, docs/fidelity.md), "
+        "'random' (K distinct random patches, the released kmeans_pytorch) or 'farthest' (farthest point from the "
+        "highest-attention patch, raysel <= 0.x); random draws are seeded per image from its uri and --seed"
     )
     kmeans_stop: str = _opt(
         "max-shift", "K-Means stop: 'max-shift' (no center moved more than --kmeans-tol) or 'sum-shift-squared' "
@@ -68,9 +69,11 @@ class FeaturizeConfig:
     )
 
     def fidelity_identity(self) -> dict[str, Any]:
-        """The fidelity options that differ from their defaults: they join the store's identity."""
-        defaults = {"kmeans_init": "farthest", "kmeans_stop": "max-shift", "kmeans_empty": "keep", "precision": None}
-        return {name: getattr(self, name) for name, default in defaults.items() if getattr(self, name) != default}
+        """What of the K-Means rule and precision joins the store's identity: the init always (stores written
+        before it existed used 'farthest' and must not be resumed with another), the rest when not the default."""
+        defaults = {"kmeans_stop": "max-shift", "kmeans_empty": "keep", "precision": None}
+        changed = {name: getattr(self, name) for name, default in defaults.items() if getattr(self, name) != default}
+        return {"kmeans_init": self.kmeans_init, **changed}
 
     def storage(self) -> StorageOptions:
         return StorageOptions(s3_endpoint=self.s3_endpoint)

@@ -39,7 +39,7 @@ class KnowledgeClusterer:
         max_iters: int,
         tol: float,
         group_size: int | None = None,
-        init: str = "farthest",
+        init: str = "kmeans++",  # featurize's default (FeaturizeConfig.kmeans_init)
         stop: str = "max-shift",
         empty: str = "keep",
         seed: int = 0,
