@@ -189,6 +189,20 @@ class PretextConfig:
     max_image_pixels: int = _opt(89_478_485, "Reject larger images (decompression-bomb guard)")
     seed: int = _opt(0, "Seed for the init, the data order and the shuffles")
     s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
+    # --- fidelity to the released PT4AL code (docs/fidelity.md) ---
+    shuffle: str = _opt(
+        "buffer", "'buffer': a seeded local shuffle of --shuffle-buffer rows per epoch; 'full': a fresh seeded "
+        "permutation of each worker's whole share every epoch (the released DataLoader(shuffle=True); holds the "
+        "decoded share in memory)"
+    )
+    rotation_forwards: str = _opt(
+        "joint", "'joint': one forward of the 4 x batch rotated views; 'separate': four forwards of batch views, "
+        "each image's rotations in a seeded random order (the released rotation.py; BatchNorm sees other batches)"
+    )
+    keep: str = _opt(
+        "last", "Model written to --out: 'last' epoch, or 'best' rotation accuracy on the pool after an epoch "
+        "(the released rotation.py's checkpoint; one extra pass per epoch)"
+    )
 
     def storage(self) -> StorageOptions:
         return StorageOptions(s3_endpoint=self.s3_endpoint)
@@ -214,6 +228,9 @@ class PretextConfig:
             raise ValueError(f"--schedule must be 'constant' or 'cosine', got {self.schedule!r}")
         if self.shuffle_buffer < 0 or self.max_failures < 0:
             raise ValueError("--shuffle-buffer and --max-failures must be >= 0")
+        for name, choices in (("shuffle", ("buffer", "full")), ("rotation_forwards", ("joint", "separate")), ("keep", ("last", "best"))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {list(choices)}, got {getattr(self, name)!r}")
 
 
 @dataclass
