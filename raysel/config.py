@@ -171,7 +171,10 @@ class PretextConfig:
     out: str = _opt("", "Trained model file to write (local or s3://)", required=True)
     model: str = _opt("resnet18", "timm model name (PT4AL: ResNet-18); a ViT's backbone also loads in `featurize --weights`")
     pretrained: bool = _opt(False, "Start from the timm hub's pretrained weights (PT4AL trains from scratch)")
-    image_size: int | None = _opt(None, "Square input size for training and scoring (default: the model's own)")
+    image_size: int | None = _opt(
+        None, "Square input size for training and scoring (default: the model's own, or the images' native size when "
+        "the first 16 are all smaller, so CIFAR-size images are not upsampled)"
+    )
     epochs: int = _opt(15, "Training epochs (PT4AL: 15)")
     batch_size: int = _opt(256, "Images per step over all workers, each seen in its 4 rotations (PT4AL: 256)")
     lr: float = _opt(0.1, "SGD learning rate (PT4AL: 0.1)")

@@ -129,7 +129,13 @@ def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None) ->
     )
     started = time.time()
     options = config.storage()
-    image_size = config.image_size or default_image_size_checked(config.model)
+    uris: list[str] | None = None
+    if config.image_size:
+        image_size = config.image_size
+    else:
+        # No upsampling of small images: their native size when the first ones are all smaller than the model's.
+        uris = list_images(config.source, options)
+        image_size = native_image_size(uris, options, default_image_size_checked(config.model))
     identity = identity_of(config, image_size)
 
     if storage.exists(config.out, options):
@@ -160,7 +166,7 @@ def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None) ->
         log.info("resuming from %s (%d of %d epochs done)", found[-1], resumed_from, config.epochs)
 
     ensure_ray(ray_config)
-    uris = list_images(config.source, options)
+    uris = uris if uris is not None else list_images(config.source, options)
     order = np.random.default_rng(config.seed).permutation(len(uris))
     dataset = training_dataset(
         [uris[i] for i in order], image_size, options, config.max_image_pixels, config.decode_threads
@@ -208,6 +214,33 @@ def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None) ->
         train_seconds=train_seconds,
         images_per_second=float(this_run.get("images", 0)) / train_seconds if train_seconds > 0 else 0.0,
     )
+
+
+NATIVE_SIZE_PEEK = 16  # images whose size decides --image-size when it is not given
+
+
+def native_image_size(uris: list[str], options, model_size: int, peek: int = NATIVE_SIZE_PEEK) -> int:
+    """The pool's own size when its first `peek` images are all smaller than `model_size`, else `model_size`.
+
+    CIFAR-like pools (32 x 32 files) then train and score at 32 px, as PT4AL did, instead of being
+    upsampled to the model's 224; pools of larger images keep the model's size. The size is the
+    largest side among the peeked images (all are resized to it, square). Unreadable files are skipped.
+    """
+    import io
+
+    from PIL import Image
+
+    sides = []
+    for uri in uris[:peek]:
+        try:
+            with Image.open(io.BytesIO(storage.read_bytes(uri, options))) as image:
+                sides.append(max(image.size))
+        except Exception:  # decode errors are reported by the training run itself
+            continue
+    if sides and max(sides) < model_size:
+        log.info("training at the images' native %d px (the model's default is %d px)", max(sides), model_size)
+        return max(8, max(sides))
+    return model_size
 
 
 def default_image_size_checked(model_name: str) -> int:

@@ -57,3 +57,23 @@ def test_released_options_train_and_keep_the_best_epoch(ray_session, tmp_path):
         assert torch.equal(net.backbone.state_dict()[key], value), key
     accuracies = [checkpoints.load(os.path.join(config.checkpoints(), checkpoints.checkpoint_name(e)))["best"]["accuracy"] for e in (1, 2, 3)]
     assert meta["best_rotation_accuracy"] == max(accuracies) and 0.0 <= max(accuracies) <= 1.0
+
+
+@pytest.mark.pure
+def test_small_images_keep_their_native_size(tmp_path):
+    from PIL import Image
+
+    from raysel.pretext.training import native_image_size
+    from raysel.storage import StorageOptions
+
+    small = []
+    for i, side in enumerate((32, 32, 30)):
+        path = tmp_path / f"small-{i}.png"
+        Image.new("RGB", (side, side)).save(path)
+        small.append(str(path))
+    (tmp_path / "broken.png").write_bytes(b"not an image")
+    assert native_image_size([*small, str(tmp_path / "broken.png")], StorageOptions(), 224) == 32  # no upsampling
+    big = tmp_path / "big.png"
+    Image.new("RGB", (300, 200)).save(big)
+    assert native_image_size([*small, str(big)], StorageOptions(), 224) == 224  # one large image: the model's size
+    assert native_image_size([], StorageOptions(), 224) == 224
