@@ -84,8 +84,34 @@ def inertia(points: torch.Tensor, centers: torch.Tensor) -> tuple[float, int]:
     return float(((points - centers[assignment]) ** 2).sum()), int((sizes == 1).sum())
 
 
+def speed(repeats: int = 3) -> str:
+    """Batched K-Means throughput of each init on synthetic featurizer-shaped batches (256 images, 196 x 384
+    float16, 20..100 kept, groups of 64 as on CPU), as a ratio to farthest point; best of `repeats`."""
+    from raysel.cluster.kmeans import batched_kmeans
+
+    g = torch.Generator().manual_seed(0)
+    num_images, patches, dim = 256, 196, 384
+    parts = torch.randn(num_images, 6, dim, generator=g)
+    assign = torch.randint(0, 6, (num_images, patches), generator=g)
+    points = (parts[torch.arange(num_images)[:, None], assign] + 0.3 * torch.randn(num_images, patches, dim, generator=g)).half()
+    mask = torch.arange(patches)[None] < torch.randint(20, 101, (num_images,), generator=g)[:, None]
+    seeds = [image_seed(f"u{i}") for i in range(num_images)]
+    rules = {name: {**rule, "seeds": seeds} for name, rule in RULES.items()}
+    best = {name: float("inf") for name in rules}
+    for _ in range(repeats):
+        for name, rule in rules.items():
+            started = time.perf_counter()
+            batched_kmeans(points, mask, 5, group_size=64, **rule)
+            best[name] = min(best[name], time.perf_counter() - started)
+    reference = best[next(iter(rules))]
+    lines = ["## Speed (batched, CPU, 2 threads)", "", "| rule | images/s | vs farthest |", "|---|---|---|"]
+    lines += [f"| {name} | {num_images / best[name]:.0f} | {reference / best[name]:.2f} |" for name in rules]
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--speed-only", action="store_true", help="only the throughput table (appended to --out)")
     parser.add_argument("--images", type=int, default=48)
     parser.add_argument("--clusters", type=int, default=5)
     parser.add_argument("--tau", type=float, default=0.5)
@@ -94,6 +120,12 @@ def main() -> None:
     from sklearn.cluster import KMeans
 
     torch.set_num_threads(2)
+    if args.speed_only:
+        text = speed()
+        print(text)
+        with open(args.out, "a") as handle:
+            handle.write("\nCommand: `flock /tmp/raysel-heavy.lock .venv/bin/python benchmarks/kmeans_init_inertia.py --speed-only`\n\n" + text)
+        return
     started = time.time()
     images = crops(args.images, seed=0)
     sources = kept_points(images, args.tau)
