@@ -21,12 +21,14 @@ def _parser() -> argparse.ArgumentParser:
     _dataclass_cli.add_arguments(featurize, RayConfig)
     featurize.add_argument("--config", help="YAML file of options (flags win)")
     featurize.add_argument("--no-progress", action="store_true", help="Hide progress bars")
+    _add_preset(featurize)
 
     select = commands.add_parser("select", help="Pick the images to label from a feature store")
     _dataclass_cli.add_arguments(select, SelectConfig)
     _dataclass_cli.add_arguments(select, RayConfig)
     select.add_argument("--config", help="YAML file of options (flags win)")
     select.add_argument("--no-progress", action="store_true", help="Hide progress bars")
+    _add_preset(select)
 
     pretext = commands.add_parser("pretext", help="PT4AL: the rotation model whose losses `featurize --pretext` stores")
     pretext_commands = pretext.add_subparsers(dest="pretext_command", required=True)
@@ -34,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     _dataclass_cli.add_arguments(pretext_train, PretextConfig)
     _dataclass_cli.add_arguments(pretext_train, RayConfig)
     pretext_train.add_argument("--config", help="YAML file of options (flags win)")
+    _add_preset(pretext_train)
 
     simulate = commands.add_parser("simulate", help="Evaluate methods by simulated labeling rounds (accuracy vs budget)")
     _dataclass_cli.add_arguments(simulate, SimulateConfig)
@@ -72,6 +75,27 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_preset(parser: argparse.ArgumentParser) -> None:
+    from raysel.presets import preset_names
+
+    parser.add_argument(
+        "--preset", choices=preset_names(),
+        help="Options of the released code (docs/fidelity.md): freesel-release (GEAL: kmeans_pytorch rule, float32, "
+        "prob sampling) or pt4al-release (CIFAR ResNet-18, full shuffle, best epoch, string sort); "
+        "--config and flags win over it",
+    )
+
+
+def _apply_preset(parser: argparse.ArgumentParser, argv: list[str], stage: str) -> None:
+    """Preset values as defaults, before --config and the flags (which therefore win)."""
+    from raysel.presets import preset_values
+
+    names = [a.split("=", 1)[1] for a in argv if a.startswith("--preset=")]
+    names += [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--preset"]
+    if names:
+        parser.set_defaults(**preset_values(names[-1], stage))
+
+
 def _apply_yaml(parser: argparse.ArgumentParser, argv: list[str], classes: tuple[type, ...]) -> None:
     if "--config" in argv:
         position = argv.index("--config")
@@ -92,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("featurize", "select"):
             subparser = parser._subparsers._group_actions[0].choices[args.command]  # noqa: SLF001
             config_cls = FeaturizeConfig if args.command == "featurize" else SelectConfig
+            _apply_preset(subparser, argv, args.command)
             _apply_yaml(subparser, argv, (config_cls, RayConfig))
             args = parser.parse_args(argv)
             ray_config = _dataclass_cli.build(RayConfig, args)
@@ -99,7 +124,9 @@ def main(argv: list[str] | None = None) -> int:
             return _featurize(config, ray_config, args) if args.command == "featurize" else _select(config, ray_config, args)
         if args.command == "pretext":
             pretext = parser._subparsers._group_actions[0].choices["pretext"]  # noqa: SLF001
-            _apply_yaml(pretext._subparsers._group_actions[0].choices["train"], argv, (PretextConfig, RayConfig))  # noqa: SLF001
+            pretext_train = pretext._subparsers._group_actions[0].choices["train"]  # noqa: SLF001
+            _apply_preset(pretext_train, argv, "pretext")
+            _apply_yaml(pretext_train, argv, (PretextConfig, RayConfig))
             args = parser.parse_args(argv)
             return _pretext_train(_dataclass_cli.build(PretextConfig, args), _dataclass_cli.build(RayConfig, args))
         if args.command == "simulate":

@@ -54,6 +54,30 @@ class FeaturizeConfig:
     pretext: str | None = _opt(None, "Rotation pretext checkpoint: adds a pretext_loss column (PT4AL)")
     stall_timeout: float = _opt(600.0, "Stop with an error after this many seconds without progress (0: wait forever)")
     s3_max_attempts: int = _opt(8, "Attempts per S3 request (503 SlowDown, 500, resets, timeouts), backoff with jitter")
+    # --- fidelity to the released FreeSel code (docs/fidelity.md) ---
+    kmeans_init: str = _opt(
+        "kmeans++", "K-Means seeding: 'kmeans++' (lowest inertia on real patch features, docs/fidelity.md), "
+        "'random' (K distinct random patches, the released kmeans_pytorch) or 'farthest' (farthest point from the "
+        "highest-attention patch, raysel <= 0.x); random draws are seeded per image from its uri and --seed"
+    )
+    kmeans_stop: str = _opt(
+        "max-shift", "K-Means stop: 'max-shift' (no center moved more than --kmeans-tol) or 'sum-shift-squared' "
+        "((sum of center shifts)^2 < --kmeans-tol, the released kmeans_pytorch)"
+    )
+    kmeans_empty: str = _opt(
+        "keep", "An empty K-Means cluster: 'keep' its center, or 'reseed' it at a random patch (released kmeans_pytorch)"
+    )
+    precision: str | None = _opt(
+        None, "Model precision: 'float32' (end to end, as the released code) or 'bf16' (bfloat16 autocast on GPU, "
+        "kept patches shipped to K-Means as float16); default: bf16 on GPU, float32 model on CPU"
+    )
+
+    def fidelity_identity(self) -> dict[str, Any]:
+        """What of the K-Means rule and precision joins the store's identity: the init always (stores written
+        before it existed used 'farthest' and must not be resumed with another), the rest when not the default."""
+        defaults = {"kmeans_stop": "max-shift", "kmeans_empty": "keep", "precision": None}
+        changed = {name: getattr(self, name) for name, default in defaults.items() if getattr(self, name) != default}
+        return {"kmeans_init": self.kmeans_init, **changed}
 
     def storage(self) -> StorageOptions:
         return StorageOptions(s3_endpoint=self.s3_endpoint, s3_max_attempts=self.s3_max_attempts)
@@ -61,6 +85,17 @@ class FeaturizeConfig:
     def validate(self) -> None:
         if not self.source:
             raise ValueError("featurize needs a SOURCE (folder, s3://bucket/prefix or manifest)")
+        # The same choices as raysel.cluster.kmeans.INITS / STOPS / EMPTIES (not imported: that imports torch).
+        kmeans_choices = (
+            ("kmeans_init", ("farthest", "random", "kmeans++")),
+            ("kmeans_stop", ("max-shift", "sum-shift-squared")),
+            ("kmeans_empty", ("keep", "reseed")),
+        )
+        for name, choices in kmeans_choices:
+            if getattr(self, name) not in choices:
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {list(choices)}, got {getattr(self, name)!r}")
+        if self.precision not in (None, "float32", "bf16"):
+            raise ValueError(f"--precision must be 'float32' or 'bf16', got {self.precision!r}")
         if not self.out:
             raise ValueError("featurize needs --out STORE")
         if not 0.0 < self.tau <= 1.0:
@@ -84,7 +119,10 @@ class SelectConfig:
     out: str = _opt("", "Selection manifest to write (.parquet)", required=True)
     budget: int = _opt(0, "Images to select", required=True)
     method: str = _opt("geal", "Selection method (see `raysel methods`)")
-    sampling: str = _opt("greedy", "geal: 'greedy' (paper, Algorithm 1) or 'prob' (released code's default)")
+    sampling: str = _opt(
+        "greedy", "geal: 'greedy' (the paper's Algorithm 1, FDS) or 'prob' (draw clusters with p ~ d^2; the released "
+        "FreeSel scripts default to prob, and its VOC and CIFAR runs used it)"
+    )
     distance: str | None = _opt(None, "'cosine' or 'euclidean' (default: cosine for geal, euclidean for coreset)")
     labeled: str | None = _opt(None, "Already-labeled images (.parquet/.csv with 'uri'): seed the pool, never re-picked")
     seed: int = _opt(0, "Seed: first pick without --labeled, prob sampling, random method")
@@ -110,6 +148,19 @@ class SelectConfig:
     predictions: str | None = _opt(
         None, "pt4al / uncertainty: your model's class probabilities (.parquet/.csv: 'uri' + prob_0..prob_K-1 "
         "or a list column 'probs'), instead of the built-in linear head on the embeddings"
+    )
+    pt4al_sort: str = _opt(
+        "numeric", "pt4al: order of the pretext losses: 'numeric' (the paper) or 'string' (the released "
+        "make_batches.py sorts str(float(loss)), so losses below 1e-4 in scientific notation sort with the hardest)"
+    )
+    confidence: str = _opt(
+        "normalized", "pt4al cycles >= 1: top-1 of softmax(logits / |logits|) ('normalized', the released code) or "
+        "of softmax(logits) ('softmax'); applies to the linear head and to --predictions-logits"
+    )
+    predictions_logits: bool = _opt(False, "--predictions holds logits (prob_0.. columns are raw scores), not probabilities")
+    random_start: int = _opt(
+        0, "geal / coreset: the first N picks are seeded uniform draws that count toward --budget (the released "
+        "code's --random_num); the rest are K-Center picks. 0: off"
     )
     # --- low-budget methods on the embedding: typiclust, probcover (docs/selection.md) ---
     typiclust_max_clusters: int = _opt(
@@ -138,7 +189,10 @@ class PretextConfig:
     out: str = _opt("", "Trained model file to write (local or s3://)", required=True)
     model: str = _opt("resnet18", "timm model name (PT4AL: ResNet-18); a ViT's backbone also loads in `featurize --weights`")
     pretrained: bool = _opt(False, "Start from the timm hub's pretrained weights (PT4AL trains from scratch)")
-    image_size: int | None = _opt(None, "Square input size for training and scoring (default: the model's own)")
+    image_size: int | None = _opt(
+        None, "Square input size for training and scoring (default: the model's own, or the images' native size when "
+        "the first 16 are all smaller, so CIFAR-size images are not upsampled)"
+    )
     epochs: int = _opt(15, "Training epochs (PT4AL: 15)")
     batch_size: int = _opt(256, "Images per step over all workers, each seen in its 4 rotations (PT4AL: 256)")
     lr: float = _opt(0.1, "SGD learning rate (PT4AL: 0.1)")
@@ -164,6 +218,20 @@ class PretextConfig:
     max_image_pixels: int = _opt(89_478_485, "Reject larger images (decompression-bomb guard)")
     seed: int = _opt(0, "Seed for the init, the data order and the shuffles")
     s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
+    # --- fidelity to the released PT4AL code (docs/fidelity.md) ---
+    shuffle: str = _opt(
+        "buffer", "'buffer': a seeded local shuffle of --shuffle-buffer rows per epoch; 'full': a fresh seeded "
+        "permutation of each worker's whole share every epoch (the released DataLoader(shuffle=True); holds the "
+        "decoded share in memory)"
+    )
+    rotation_forwards: str = _opt(
+        "joint", "'joint': one forward of the 4 x batch rotated views; 'separate': four forwards of batch views, "
+        "each image's rotations in a seeded random order (the released rotation.py; BatchNorm sees other batches)"
+    )
+    keep: str = _opt(
+        "last", "Model written to --out: 'last' epoch, or 'best' rotation accuracy on the pool after an epoch "
+        "(the released rotation.py's checkpoint; one extra pass per epoch)"
+    )
 
     def storage(self) -> StorageOptions:
         return StorageOptions(s3_endpoint=self.s3_endpoint)
@@ -193,6 +261,9 @@ class PretextConfig:
             raise ValueError("--adamw-lr must be > 0, --adamw-weight-decay and --grad-clip >= 0, --warmup in [0, 1)")
         if self.shuffle_buffer < 0 or self.max_failures < 0:
             raise ValueError("--shuffle-buffer and --max-failures must be >= 0")
+        for name, choices in (("shuffle", ("buffer", "full")), ("rotation_forwards", ("joint", "separate")), ("keep", ("last", "best"))):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {list(choices)}, got {getattr(self, name)!r}")
 
 
 @dataclass

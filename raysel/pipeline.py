@@ -131,6 +131,7 @@ def featurize(config: FeaturizeConfig, ray_config: RayConfig | None = None, prog
         "source": config.source,
         "pretext": config.pretext,
         "seed": config.seed,
+        **config.fidelity_identity(),  # K-Means rule, precision: only when not the defaults (older stores match)
     }
     # One run per store: a second featurize into it fails instead of interleaving shards.
     with storage.Lease(store.path(STORE_LEASE_FILE), store.options, what=f"feature store {store.uri}"):
@@ -171,6 +172,9 @@ def _featurize_under_lease(config, ray_config, progress, store, spec, identity, 
     return summary
 
 
+_FIDELITY_KEYS = {"kmeans_init", "kmeans_stop", "kmeans_empty", "precision"}  # FeaturizeConfig.fidelity_identity
+
+
 def read_store_manifest(store: FeatureStore, metadata: dict[str, Any]) -> Manifest:
     """The manifest of an existing store; a format-1 manifest (URIs only) gets chunk ids row // chunk_size."""
     version = metadata.get("format_version", 1)
@@ -205,6 +209,9 @@ def _open_or_create(
     if store.exists():
         metadata = store.metadata()
         mismatched = {k: (metadata.get(k), v) for k, v in identity.items() if metadata.get(k) != v}
+        for k in _FIDELITY_KEYS:  # a store written with a non-default rule, a run asking for the default
+            if k in metadata and k not in identity:
+                mismatched[k] = (metadata[k], "the default")
         if mismatched:
             details = ", ".join(f"{k}: store has {old!r}, run asks {new!r}" for k, (old, new) in mismatched.items())
             raise FeatureStoreError(f"{store.uri} was written with other settings ({details}); use a new --out")
@@ -314,7 +321,11 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
             "tau": config.tau,
             "storage_options": config.storage(),
             "seed": config.seed,
-            "kmeans": KMeansSettings(config.clusters, config.kmeans_iters, config.kmeans_tol) if in_actor_kmeans else None,
+            "precision": config.precision,
+            "kmeans": KMeansSettings(
+                config.clusters, config.kmeans_iters, config.kmeans_tol,
+                init=config.kmeans_init, stop=config.kmeans_stop, empty=config.kmeans_empty, seed=config.seed,
+            ) if in_actor_kmeans else None,
             **({"store": store} if in_actor_kmeans else {}),
         },
         batch_size=config.batch_size,
@@ -326,7 +337,8 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
         dataset = dataset.map_batches(
             WritingKnowledgeClusterer,
             fn_constructor_kwargs={"store": store, "clusters": config.clusters, "max_iters": config.kmeans_iters,
-                                   "tol": config.kmeans_tol},
+                                   "tol": config.kmeans_tol, "init": config.kmeans_init, "stop": config.kmeans_stop,
+                                   "empty": config.kmeans_empty, "seed": config.seed},
             batch_size=max(config.batch_size, 128),
             compute=ActorPoolStrategy(size=plan.kmeans.count),
             num_cpus=plan.kmeans.num_cpus,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from raysel import schema
-from raysel.cluster.kmeans import batched_kmeans
+from raysel.cluster.kmeans import batched_kmeans, image_seed, needs_seeds
 
 # Intermediate column between the model stage and this one; never stored.
 # [B, P, D] float16/float32: each image's kept patches first, zero padding after.
@@ -34,12 +34,24 @@ class KnowledgeClusterer:
     with fewer than K kept patches).
     """
 
-    def __init__(self, clusters: int, max_iters: int, tol: float, group_size: int | None = None):
+    def __init__(
+        self,
+        clusters: int,
+        max_iters: int,
+        tol: float,
+        group_size: int | None = None,
+        init: str = "kmeans++",  # featurize's default (FeaturizeConfig.kmeans_init)
+        stop: str = "max-shift",
+        empty: str = "keep",
+        seed: int = 0,
+    ):
         if clusters < 1:
             raise ValueError(f"clusters must be >= 1, got {clusters}")
         self.clusters = clusters
         self.max_iters = max_iters
         self.tol = tol
+        # Random draws (init random / kmeans++, empty reseed) come from each image's uri and `seed`.
+        self.init, self.stop, self.empty, self.seed = init, stop, empty, seed
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         if group_size is None and self.device.type == "cpu":
             group_size = CPU_GROUP_SIZE
@@ -58,7 +70,13 @@ class KnowledgeClusterer:
         points = torch.from_numpy(np.ascontiguousarray(kept_features)).to(self.device)
         counts = torch.from_numpy(num_kept).to(self.device)
         mask = torch.arange(points.shape[1], device=self.device)[None, :] < counts[:, None]
-        centers = batched_kmeans(points, mask, self.clusters, self.max_iters, self.tol, group_size=self.group_size)
+        seeds = None
+        if needs_seeds(self.init, self.empty):
+            seeds = [image_seed(str(uri), self.seed) for uri in batch[schema.URI]]
+        centers = batched_kmeans(
+            points, mask, self.clusters, self.max_iters, self.tol, group_size=self.group_size,
+            init=self.init, stop=self.stop, empty=self.empty, seeds=seeds,
+        )
         out = {key: value for key, value in batch.items() if key != KEPT_FEATURES}
         out[schema.CLUSTERS] = centers.cpu().numpy()
         return out

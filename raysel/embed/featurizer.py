@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from raysel import schema
-from raysel.cluster.kmeans import batched_kmeans
+from raysel.cluster.kmeans import batched_kmeans, image_seed, needs_seeds
 from raysel.cluster.knowledge_clusters import KEPT_FEATURES
 from raysel.embed.backbone import input_spec, load_backbone
 from raysel.embed.knowledge import extract_tokens, normalize_images, pack_kept_patches
@@ -31,6 +31,8 @@ IMAGE = "image"
 FEATURE_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 # bfloat16 autocast of the forward pass: "auto" = on CUDA only (CPU autocast is slower than float32 there).
 AUTOCAST_MODES = ("auto", "bfloat16", "off")
+# `featurize --precision`: None = "auto" above; 'bf16' / 'float32' force one (float32 also ships float32 patches).
+PRECISIONS = (None, "bf16", "float32")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,10 @@ class KMeansSettings:
     clusters: int
     max_iters: int = 100
     tol: float = 1e-4
+    init: str = "kmeans++"  # FeaturizeConfig.kmeans_init / kmeans_stop / kmeans_empty
+    stop: str = "max-shift"
+    empty: str = "keep"
+    seed: int = 0
 
 
 def ragged_rows(values: torch.Tensor, counts: torch.Tensor) -> np.ndarray:
@@ -76,7 +82,12 @@ class Featurizer:
         kmeans: KMeansSettings | None = None,
         autocast: str = "auto",
         compact: bool = True,
+        precision: str | None = None,
     ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS[1:]} or None, got {precision!r}")
+        if precision == "float32":
+            feature_dtype = "float32"  # float32 end to end, as the released code: no float16 hop to K-Means
         if feature_dtype not in FEATURE_DTYPES:
             raise ValueError(f"feature_dtype must be one of {sorted(FEATURE_DTYPES)}, got {feature_dtype!r}")
         if not 0.0 < tau <= 1.0:
@@ -90,9 +101,12 @@ class Featurizer:
         self.spec = input_spec(self.model)
         self.tau = tau
         self.feature_dtype = FEATURE_DTYPES[feature_dtype]
+        if precision is not None:
+            autocast = "bfloat16" if precision == "bf16" else "off"
         if autocast not in AUTOCAST_MODES:
             raise ValueError(f"autocast must be one of {AUTOCAST_MODES}, got {autocast!r}")
         self.bf16 = autocast == "bfloat16" or (autocast == "auto" and self.device.type == "cuda")
+        self.autocast_dtype = torch.bfloat16 if self.bf16 else None
         self.kmeans = kmeans
         self.compact = compact
 
@@ -117,7 +131,14 @@ class Featurizer:
             if self.kmeans is not None:
                 # The clusters are computed where the patches are; only [B, K, D] leaves the actor.
                 mask = torch.arange(kept_features.shape[1], device=self.device)[None, :] < num_kept[:, None]
-                centers = batched_kmeans(kept_features, mask, self.kmeans.clusters, self.kmeans.max_iters, self.kmeans.tol)
+                rule = self.kmeans
+                seeds = None
+                if needs_seeds(rule.init, rule.empty):  # random draws come from each image's uri and --seed
+                    seeds = [image_seed(str(uri), rule.seed) for uri in batch[schema.URI]]
+                centers = batched_kmeans(
+                    kept_features, mask, rule.clusters, rule.max_iters, rule.tol,
+                    init=rule.init, stop=rule.stop, empty=rule.empty, seeds=seeds,
+                )
                 out[schema.CLUSTERS] = centers.cpu().numpy()
             elif self.compact:
                 out[KEPT_FEATURES] = ragged_rows(kept_features, num_kept)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from raysel.embed.backbone import InputSpec, input_spec
+from raysel.pretext import cifar_resnet  # noqa: F401  registers `cifar_resnet18` with timm
 
 ROTATIONS = 4  # 0, 90, 180, 270 degrees; the label of a view is its number of quarter turns
 

@@ -150,7 +150,12 @@ def identity_of(config: PretextConfig, image_size: int) -> dict[str, Any]:
         # only for AdamW, so the identity of an SGD run is what it always was
         **({"optimizer": "adamw", "adamw_lr": config.adamw_lr, "adamw_weight_decay": config.adamw_weight_decay,
             "warmup": config.warmup, "grad_clip": config.grad_clip} if optimizer_name(config) == "adamw" else {}),
+        # the released-code options join only when set, so older checkpoints keep matching their defaults
+        **{name: getattr(config, name) for name, default in FIDELITY_DEFAULTS.items() if getattr(config, name) != default},
     }
+
+
+FIDELITY_DEFAULTS = {"shuffle": "buffer", "rotation_forwards": "joint", "keep": "last"}
 
 
 def learning_rate(config: PretextConfig, epoch: int) -> float:
@@ -182,7 +187,13 @@ def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None) ->
     )
     started = time.time()
     options = config.storage()
-    image_size = config.image_size or default_image_size_checked(config.model)
+    uris: list[str] | None = None
+    if config.image_size:
+        image_size = config.image_size
+    else:
+        # No upsampling of small images: their native size when the first ones are all smaller than the model's.
+        uris = list_images(config.source, options)
+        image_size = native_image_size(uris, options, default_image_size_checked(config.model))
     identity = identity_of(config, image_size)
 
     if storage.exists(config.out, options):
@@ -213,7 +224,7 @@ def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None) ->
         log.info("resuming from %s (%d of %d epochs done)", found[-1], resumed_from, config.epochs)
 
     ensure_ray(ray_config)
-    uris = list_images(config.source, options)
+    uris = uris if uris is not None else list_images(config.source, options)
     order = np.random.default_rng(config.seed).permutation(len(uris))
     dataset = training_dataset(
         [uris[i] for i in order], image_size, options, config.max_image_pixels, config.decode_threads
@@ -270,6 +281,33 @@ def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None) ->
     if summary.warning:
         log.warning("%s: %s", config.out, summary.warning)
     return summary
+
+
+NATIVE_SIZE_PEEK = 16  # images whose size decides --image-size when it is not given
+
+
+def native_image_size(uris: list[str], options, model_size: int, peek: int = NATIVE_SIZE_PEEK) -> int:
+    """The pool's own size when its first `peek` images are all smaller than `model_size`, else `model_size`.
+
+    CIFAR-like pools (32 x 32 files) then train and score at 32 px, as PT4AL did, instead of being
+    upsampled to the model's 224; pools of larger images keep the model's size. The size is the
+    largest side among the peeked images (all are resized to it, square). Unreadable files are skipped.
+    """
+    import io
+
+    from PIL import Image
+
+    sides = []
+    for uri in uris[:peek]:
+        try:
+            with Image.open(io.BytesIO(storage.read_bytes(uri, options))) as image:
+                sides.append(max(image.size))
+        except Exception:  # decode errors are reported by the training run itself
+            continue
+    if sides and max(sides) < model_size:
+        log.info("training at the images' native %d px (the model's default is %d px)", max(sides), model_size)
+        return max(8, max(sides))
+    return model_size
 
 
 def default_image_size_checked(model_name: str) -> int:
@@ -364,27 +402,44 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     images_this_run, train_seconds = 0, 0.0
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
 
+    best = state.get("best") if found else None  # {"accuracy", "epoch", "backbone", "rotation_head"} (--keep best)
+    in_memory = _decoded_share(shard, per_worker) if config.shuffle == "full" else None
+
+    def epoch_images(epoch: int, shuffled: bool = True):
+        """[b, S, S, 3] uint8 batches of this worker's share for one epoch."""
+        if in_memory is not None:
+            order = np.arange(len(in_memory))
+            if shuffled:
+                order = np.random.default_rng([config.seed, epoch, rank]).permutation(len(in_memory))
+            for start in range(0, len(order), per_worker):
+                yield torch.from_numpy(in_memory[order[start : start + per_worker]])
+            return
+        buffer = config.shuffle_buffer if shuffled else 0
+        for batch in shard.iter_torch_batches(
+            batch_size=per_worker,
+            local_shuffle_buffer_size=buffer or None,
+            local_shuffle_seed=config.seed * 100_003 + epoch * 101 + rank if buffer else None,
+        ):
+            yield batch[IMAGE]
+
     for epoch in range(start_epoch, config.epochs):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, epoch)
         model.train()
         epoch_started = time.perf_counter()
         totals = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, images
-        batches = shard.iter_torch_batches(
-            batch_size=per_worker,
-            local_shuffle_buffer_size=config.shuffle_buffer or None,
-            local_shuffle_seed=config.seed * 100_003 + epoch * 101 + rank if config.shuffle_buffer else None,
-        )
-        for step_in_epoch, batch in enumerate(batches):
+        for step, batch_images in enumerate(epoch_images(epoch)):
             if adamw:  # per step: the whole run's warmup and cosine decay
-                step_lr = adamw_step_lr(config, epoch * steps_per_epoch + min(step_in_epoch, steps_per_epoch - 1), total_steps)
+                step_lr = adamw_step_lr(config, epoch * steps_per_epoch + min(step, steps_per_epoch - 1), total_steps)
                 for group in optimizer.param_groups:
                     group["lr"] = step_lr
-            images = batch[IMAGE].to(device)
+            images = batch_images.to(device)
             views, labels = rotated_views(normalize_images(images, spec.mean, spec.std))
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                logits = model(views)
-            loss = F.cross_entropy(logits.float(), labels)
+                if config.rotation_forwards == "separate":
+                    loss = _separate_forwards_loss(model, views, labels, len(images), [config.seed, epoch, rank, step])
+                else:
+                    loss = F.cross_entropy(model(views).float(), labels)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if adamw and config.grad_clip > 0:
@@ -399,6 +454,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         train_seconds += time.perf_counter() - epoch_started
         images_this_run += int(totals[1].item())
         history.append(float(totals[0].item() / totals[1].item()))
+        if config.keep == "best":
+            accuracy = _rotation_accuracy(model, epoch_images(epoch, shuffled=False), spec, device, world)
+            if best is None or accuracy > best["accuracy"]:  # the released rotation.py: `if acc > best_acc`
+                best = {
+                    "accuracy": accuracy,
+                    "epoch": epoch + 1,
+                    "backbone": {k: v.detach().cpu().clone() for k, v in net.backbone.state_dict().items()},
+                    "rotation_head": {k: v.detach().cpu().clone() for k, v in net.head.state_dict().items()},
+                }
         if rank == 0:
             checkpoints.save(
                 {
@@ -409,6 +473,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                     "optimizer": optimizer.state_dict(),
                     "history": history,
                     "identity": identity,
+                    **({"best": best} if best is not None else {}),
                 },
                 storage.join(checkpoint_dir, checkpoints.checkpoint_name(epoch + 1)),
                 options,
@@ -431,4 +496,55 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             "at_chance": chance_warning(history[-1] if history else None) is not None,
             "warning": chance_warning(history[-1] if history else None),
         }
-        checkpoints.save(checkpoints.export_model(net.cpu(), config.model, spec, meta), config.out, options)
+        net = net.cpu()
+        if config.keep == "best" and best is not None:
+            net.backbone.load_state_dict(best["backbone"])
+            net.head.load_state_dict(best["rotation_head"])
+            meta.update(kept="best", best_epoch=best["epoch"], best_rotation_accuracy=best["accuracy"])
+        checkpoints.save(checkpoints.export_model(net, config.model, spec, meta), config.out, options)
+
+
+def _decoded_share(shard, batch_size: int) -> np.ndarray:
+    """This worker's whole share, decoded, in the order Ray Data hands it: [n, S, S, 3] uint8 (--shuffle full)."""
+    parts = [np.asarray(batch[IMAGE]) for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy")]
+    return np.concatenate(parts) if parts else np.zeros((0, 1, 1, 3), np.uint8)
+
+
+def _separate_forwards_loss(model, views, labels, batch: int, seed: list[int]):
+    """The released rotation.py: 4 forwards of `batch` views each, every image's rotations in a random order.
+
+    Forward j sees one view per image (rotation perm[i, j] of image i); the loss is the mean of
+    the 4 cross-entropies, as `(loss1 + loss2 + loss3 + loss4) / 4`.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(int(np.random.default_rng(seed).integers(2**62)))
+    order = torch.argsort(torch.rand(batch, 4, generator=generator), dim=1).to(views.device)  # [batch, 4]
+    rows = torch.arange(batch, device=views.device)
+    total = 0.0
+    for j in range(4):
+        picked = order[:, j] * batch + rows  # rotated_views is view-major: rotation k of image i at k * batch + i
+        total = total + F.cross_entropy(model(views[picked]).float(), labels[picked])
+    return total / 4
+
+
+def _rotation_accuracy(model, batches, spec, device, world: int) -> float:
+    """Share of the 4 rotated views of every image whose rotation the model gets right, eval mode (the pool itself)."""
+    import torch
+    import torch.distributed as dist
+
+    from raysel.embed.knowledge import normalize_images
+    from raysel.pretext.rotation import rotated_views
+
+    model.eval()
+    counts = torch.zeros(2, dtype=torch.float64, device=device)  # correct, views
+    with torch.no_grad():
+        for images in batches:
+            views, labels = rotated_views(normalize_images(images.to(device), spec.mean, spec.std))
+            counts[0] += (model(views).argmax(1) == labels).sum()
+            counts[1] += len(labels)
+    if world > 1:
+        dist.all_reduce(counts)
+    model.train()
+    return float(counts[0] / counts[1]) if counts[1] > 0 else 0.0

@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from raysel import schema, storage
-from raysel.cluster.kmeans import kmeans_single, nearest_center
+from raysel.cluster.kmeans import image_seed, kmeans_single, nearest_center, needs_seeds
 from raysel.config import ReportConfig
 from raysel.embed.backbone import BackboneError, input_spec, load_backbone
 from raysel.embed.knowledge import extract_tokens, kept_patch_order, normalize_images
@@ -47,9 +47,15 @@ class PatchClusters:
 
 
 def compute_patch_clusters(
-    model, pixels: np.ndarray, tau: float, k: int, max_iters: int, tol: float
+    model, pixels: np.ndarray, tau: float, k: int, max_iters: int, tol: float,
+    rule: dict | None = None, seeds: list[int] | None = None,
 ) -> list[PatchClusters]:
-    """Kept patches and their K-Means cluster, per image of `pixels` [B, S, S, 3] uint8 (the model's size)."""
+    """Kept patches and their K-Means cluster, per image of `pixels` [B, S, S, 3] uint8 (the model's size).
+
+    `rule`: the store's K-Means init / stop / empty (default: farthest point, as stores before
+    --kmeans-init); `seeds`: each image's `image_seed` when the rule draws random numbers.
+    """
+    rule = rule or {"init": "farthest", "stop": "max-shift", "empty": "keep"}
     spec = input_spec(model)
     grid_h, grid_w = model.patch_embed.grid_size
     with torch.inference_mode():
@@ -59,7 +65,7 @@ def compute_patch_clusters(
         for index in range(len(pixels)):
             kept = order[index, : int(num_kept[index])]
             points = tokens.patch_features[index, kept].to(FEATURE_DTYPE)
-            centers = kmeans_single(points, k, max_iters, tol)
+            centers = kmeans_single(points, k, max_iters, tol, **rule, seed=None if seeds is None else seeds[index])
             patch_cluster = torch.full((grid_h * grid_w,), -1, dtype=torch.int64)
             patch_cluster[kept] = nearest_center(points, centers)
             results.append(PatchClusters(pixels[index], patch_cluster.reshape(grid_h, grid_w).numpy(), centers.numpy()))
@@ -114,13 +120,21 @@ def _stored_clusters(store: FeatureStore, uris: list[str]) -> dict[str, np.ndarr
     return found
 
 
-def _kmeans_settings(store: FeatureStore) -> tuple[int, float]:
-    """K-Means iterations and tolerance of the run that wrote the store (featurize's defaults when unrecorded)."""
+def _kmeans_settings(store: FeatureStore) -> tuple[int, float, dict, int]:
+    """K-Means iterations, tolerance, rule and seed of the run that wrote the store.
+
+    Unrecorded values are what featurize did before they were options (farthest-point init).
+    """
     try:
         resolved = storage.read_json(store.path(schema.RESOLVED_CONFIG_FILE), store.options)
     except (FileNotFoundError, ValueError):
         resolved = {}
-    return int(resolved.get("kmeans_iters", 100)), float(resolved.get("kmeans_tol", 1e-4))
+    rule = {
+        "init": resolved.get("kmeans_init", "farthest"),
+        "stop": resolved.get("kmeans_stop", "max-shift"),
+        "empty": resolved.get("kmeans_empty", "keep"),
+    }
+    return int(resolved.get("kmeans_iters", 100)), float(resolved.get("kmeans_tol", 1e-4)), rule, int(resolved.get("seed", 0))
 
 
 def overlay_section(config: ReportConfig, store: FeatureStore, metadata: dict, selection: Selection) -> Section:
@@ -142,13 +156,18 @@ def overlay_section(config: ReportConfig, store: FeatureStore, metadata: dict, s
     if input_spec(model).image_size != image_size:
         raise ReportInputError(f"the store was featurized at {image_size} px but {metadata['model']} takes {input_spec(model).image_size} px")
     k, tau = int(metadata["clusters"]), float(metadata["tau"])
-    max_iters, tol = _kmeans_settings(store)
+    max_iters, tol, rule, seed = _kmeans_settings(store)
 
     uris = selection.uris[: config.overlays]
     decoded = [read_and_decode(uri, image_size, MAX_PIXELS, config.storage()) for uri in uris]
     readable = [(rank, uri, pixels) for rank, (uri, (pixels, _)) in enumerate(zip(uris, decoded)) if pixels is not None]
     results = (
-        compute_patch_clusters(model, np.stack([p for _, _, p in readable]), tau, k, max_iters, tol) if readable else []
+        compute_patch_clusters(
+            model, np.stack([p for _, _, p in readable]), tau, k, max_iters, tol, rule,
+            [image_seed(uri, seed) for _, uri, _ in readable] if needs_seeds(rule["init"], rule["empty"]) else None,
+        )
+        if readable
+        else []
     )
     stored = _stored_clusters(store, [uri for _, uri, _ in readable])
     colors = cluster_colors(k)

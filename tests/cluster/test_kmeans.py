@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from raysel.cluster.kmeans import batched_kmeans, kmeans_single
+from raysel.cluster.kmeans import batched_kmeans, image_seed, kmeans_single
 from raysel.cluster.knowledge_clusters import KEPT_FEATURES, KnowledgeClusterer
 
 pytestmark = pytest.mark.torch
@@ -159,8 +159,14 @@ def test_knowledge_clusterer_on_a_numpy_batch(dtype):
         assert out[column] is batch[column]
     assert out["clusters"].shape == (3, 4, 10) and out["clusters"].dtype == np.float32
     for image, count in enumerate(counts):
-        expected = kmeans_single(torch.from_numpy(kept_features[image, :count]), 4)
+        # featurize's default rule: k-means++ seeded by the image's uri (and --seed 0)
+        own = torch.from_numpy(kept_features[image, :count])
+        expected = kmeans_single(own, 4, init="kmeans++", seed=image_seed(str(batch["uri"][image]), 0))
         np.testing.assert_allclose(out["clusters"][image], expected.numpy(), atol=1e-5, rtol=1e-5)
+    farthest = KnowledgeClusterer(clusters=4, max_iters=100, tol=1e-4, init="farthest")(batch)
+    np.testing.assert_allclose(
+        farthest["clusters"][0], kmeans_single(torch.from_numpy(kept_features[0, :12]), 4).numpy(), atol=1e-5, rtol=1e-5
+    )
 
 
 def test_knowledge_clusterer_rejects_inconsistent_counts():

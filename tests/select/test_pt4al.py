@@ -22,6 +22,7 @@ from raysel.select.methods.pt4al import (
     PretextLossMissingError,
     lowest_confidence,
     pretext_batches,
+    top1_confidence,
     uniform_positions,
 )
 
@@ -131,7 +132,7 @@ def test_later_cycles_pick_lowest_confidence_of_a_linear_head(make_store, synth,
     assert len(set(labels.values())) >= 2
     labels_file = write_labels(tmp_path / "labels.csv", sorted(labels.items()))
 
-    cycle_2 = config(store, tmp_path, cycle=2, budget=4, labeled=labels_file)
+    cycle_2 = config(store, tmp_path, cycle=2, budget=4, labeled=labels_file, confidence="softmax")
     result = run_selection(cycle_2)
 
     rows = [uris.index(u) for u in labeled]
@@ -221,3 +222,134 @@ def test_input_errors_are_clear_value_errors(make_store, synth, tmp_path):
     no_probs = str(tmp_path / "no-probs.parquet")
     pq.write_table(pa.table({"uri": uris, "p": [0.5] * len(uris)}), no_probs)
     fails(PredictionsError, "prob_0 .. prob_", cycle=1, predictions=no_probs)
+
+
+def released_make_batches(lines: list[str], cycles: int) -> list[list[str]]:
+    """johnsk95/PT4AL make_batches.py lines 83-109, re-typed: the reference for `--pt4al-sort string`.
+
+    `lines` are rotation_loss.txt's, `str(float(loss)) + '_' + path`; batch i is
+    sort_index[i * size : (i + 1) * size] of the reversed string argsort.
+    """
+    loss_1 = [line.split("_")[0] for line in lines]
+    name_2 = [line.split("_")[1] for line in lines]
+    sort_index = np.argsort(np.array(loss_1)).tolist()
+    sort_index.reverse()
+    size = len(lines) // cycles
+    return [[name_2[k] for k in sort_index[i * size : (i + 1) * size]] for i in range(cycles)]
+
+
+def scientific_losses(count: int, seed: int) -> np.ndarray:
+    """float32 losses like a trained rotation net's: most in 1e-3 .. 3, a fifth below 1e-4 (printed as 1.2e-05)."""
+    rng = np.random.default_rng(seed)
+    losses = np.exp(rng.uniform(np.log(1e-3), np.log(3.0), count))
+    tiny = rng.choice(count, count // 5, replace=False)
+    losses[tiny] = np.exp(rng.uniform(np.log(1e-7), np.log(1e-4), len(tiny)))
+    return losses.astype(np.float32)
+
+
+@pytest.mark.pure
+def test_string_sort_reproduces_the_released_batch_files(make_store, synth, tmp_path):
+    count, cycles, budget = 40, 4, 5
+    table, _ = pt4al_table(synth, count=count)
+    losses = scientific_losses(count, seed=1)
+    assert sum("e-" in str(float(loss)) for loss in losses) >= 5  # the fixture triggers scientific notation
+    table = table.set_column(table.column_names.index("pretext_loss"), "pretext_loss", pa.array(losses, pa.float32()))
+    uris = table.column("uri").to_pylist()
+    assert not any("_" in uri for uri in uris)  # the released parser splits lines on '_'
+    lines = [str(float(loss)) + "_" + uri for loss, uri in zip(losses, uris)]  # make_batches.py line 71
+
+    released = released_make_batches(lines, cycles)
+    assert pretext_batches(uris, losses.astype(np.float64), cycles, sort="string") == released
+    numeric = pretext_batches(uris, losses.astype(np.float64), cycles)
+    assert numeric != released
+    # The easiest images (scientific notation) sit in the released batch 0, which the numeric sort gives the hardest.
+    easiest = {u for u, loss in zip(uris, losses) if loss < 1e-4}
+    assert easiest & set(released[0]) and not easiest & set(numeric[0])
+
+    store = make_store(table, rows_per_shard=13)
+    result = run_selection(config(store, tmp_path, cycles=cycles, cycle=0, budget=budget, pt4al_sort="string"))
+    step = len(released[0]) // budget
+    assert result.column("uri").to_pylist() == [released[0][j * step] for j in range(budget)]  # main.py line 233
+
+
+@pytest.mark.pure
+def test_normalized_confidence_matches_a_hand_computation():
+    import math
+
+    logits = np.array([[3.0, 4.0, 0.0], [0.5, 0.1, -0.2], [0.0, 0.0, 0.0]])
+    # Row 0: |(3, 4, 0)| = 5, so the unit logits are (0.6, 0.8, 0): top-1 = e^0.8 / (e^0.6 + e^0.8 + e^0).
+    row0 = math.exp(0.8) / (math.exp(0.6) + math.exp(0.8) + 1.0)
+    norm = math.sqrt(0.25 + 0.01 + 0.04)
+    row1 = math.exp(0.5 / norm) / sum(math.exp(v / norm) for v in (0.5, 0.1, -0.2))
+    expected = [row0, row1, 1 / 3]  # zero logits: F.normalize leaves them at zero, a uniform softmax
+    assert top1_confidence(logits, "normalized") == pytest.approx(expected, rel=1e-12)
+    plain = [math.exp(4) / (math.exp(3) + math.exp(4) + 1), math.exp(0.5) / sum(math.exp(v) for v in (0.5, 0.1, -0.2)), 1 / 3]
+    assert top1_confidence(logits, "softmax") == pytest.approx(plain, rel=1e-12)
+    # The orders disagree: row 0's large logits are the more confident under softmax, row 1 after normalising.
+    assert row1 > row0 and plain[0] > plain[1]
+    with pytest.raises(ValueError, match="--confidence"):
+        top1_confidence(logits, "entropy")
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("confidence", ["normalized", "softmax"])
+def test_predictions_logits_rank_by_the_chosen_confidence(make_store, synth, tmp_path, confidence):
+    import torch
+    import torch.nn.functional as F
+
+    table, _ = pt4al_table(synth)
+    store = make_store(table)
+    uris = table.column("uri").to_pylist()
+    rng = np.random.default_rng(9)
+    # Logits of varied scale: the scale decides the plain softmax's confidence, not the normalised one's.
+    logits = rng.standard_normal((len(uris), 3)) * rng.uniform(0.1, 10.0, (len(uris), 1))
+    path = str(tmp_path / "logits.parquet")
+    pq.write_table(pa.table({"uri": uris, **{f"prob_{k}": logits[:, k] for k in range(3)}}), path)
+    result = run_selection(
+        config(store, tmp_path, cycle=1, budget=5, predictions=path, predictions_logits=True, confidence=confidence)
+    )
+    batch = reference_batches(table, CYCLES)[1]
+    rows = torch.from_numpy(logits[[uris.index(u) for u in batch]])
+    reference = F.softmax(F.normalize(rows, dim=1) if confidence == "normalized" else rows, dim=1).max(1).values.numpy()
+    expected = [batch[i] for i in sorted(range(len(batch)), key=lambda i: (reference[i], batch[i]))[:5]]
+    assert result.column("uri").to_pylist() == expected
+    assert result.column("score").to_pylist() == pytest.approx(sorted(reference)[:5], rel=1e-9)
+
+
+@pytest.mark.torch
+def test_linear_head_default_confidence_is_the_normalized_one(make_store, synth, tmp_path):
+    from raysel.select.supervision.probe import fit_linear_probe
+
+    table, groups = pt4al_table(synth)
+    store = make_store(table, rows_per_shard=17)
+    uris = table.column("uri").to_pylist()
+    embedding = np.stack(table.column("embedding").to_numpy(zero_copy_only=False)).astype(np.float64)
+    batches = reference_batches(table, CYCLES)
+    labeled = batches[0][:12]
+    # Labels unrelated to the groups: a head of varied, unsaturated confidence (separable groups would give
+    # logits of one direction, whose normalised confidences all tie).
+    labels = {u: int(label) for u, label in zip(labeled, np.random.default_rng(3).permutation([0, 1, 2] * 4))}
+    labels_file = write_labels(tmp_path / "labels.csv", sorted(labels.items()))
+    result = run_selection(config(store, tmp_path, cycle=1, budget=4, labeled=labels_file))
+
+    classes = sorted(set(labels.values()))
+    in_file_order = sorted(labels)  # the order the labels file lists them, as the method reads it
+    probe = fit_linear_probe(
+        embedding[[uris.index(u) for u in in_file_order]].astype(np.float32),
+        np.array([classes.index(labels[u]) for u in in_file_order]),
+        len(classes),
+    )
+    candidates = batches[1]
+    logits = probe.predict_logits(embedding[[uris.index(u) for u in candidates]])
+    unit = logits / np.linalg.norm(logits, axis=1, keepdims=True)
+    confidence = (np.exp(unit) / np.exp(unit).sum(1, keepdims=True)).max(1)
+    assert len(np.unique(confidence.round(9))) == len(confidence)  # no near-ties: the order is well defined
+    assert len(np.unique(confidence.round(9))) == len(confidence)  # no near-ties: the order is well defined
+    expected = [candidates[i] for i in sorted(range(len(candidates)), key=lambda i: (confidence[i], candidates[i]))[:4]]
+    assert result.column("uri").to_pylist() == expected
+    assert result.column("score").to_pylist() == pytest.approx(sorted(confidence)[:4], rel=1e-6)
+    plain = probe.predict_proba(embedding[[uris.index(u) for u in candidates]]).max(1)
+    assert [candidates[i] for i in np.argsort(plain)[:4]] != expected  # the default is not the plain softmax
+    assert result.column("score").to_pylist() == pytest.approx(sorted(confidence)[:4], rel=1e-6)
+    plain = probe.predict_proba(embedding[[uris.index(u) for u in candidates]]).max(1)
+    assert [candidates[i] for i in np.argsort(plain)[:4]] != expected  # the default is not the plain softmax

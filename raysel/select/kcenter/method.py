@@ -1,6 +1,7 @@
 """The method base of `geal` and `coreset`: K-Center-Greedy over the vectors of one column, on shard actors."""
 from __future__ import annotations
 
+import dataclasses
 from typing import ClassVar
 
 import pyarrow as pa
@@ -8,7 +9,7 @@ import pyarrow.parquet as pq
 
 from raysel import schema, storage
 from raysel.config import SelectConfig
-from raysel.select.base import SelectionContext, SelectionMethod, selection_table
+from raysel.select.base import Pick, SelectionContext, SelectionMethod, selection_table
 from raysel.select.distances import check_distance, storage_dtype
 from raysel.select.errors import SelectionConfigError
 from raysel.select.kcenter.kernel import SAMPLINGS, SHARD_KERNELS
@@ -55,6 +56,7 @@ class KCenterMethod(SelectionMethod):
 
     column: ClassVar[str] = schema.CLUSTERS
     supports_resume = True
+    fingerprint_options = ("random_start",)
 
     def validate(self, config: SelectConfig) -> None:
         if config.sampling not in SAMPLINGS:
@@ -67,6 +69,8 @@ class KCenterMethod(SelectionMethod):
             raise SelectionConfigError(f"--shard-kernel must be one of {list(SHARD_KERNELS)}, got {config.shard_kernel!r}")
         if config.candidates < 1:
             raise SelectionConfigError(f"--candidates must be >= 1, got {config.candidates}")
+        if config.random_start < 0 or config.random_start > config.budget:
+            raise SelectionConfigError(f"--random-start must be in 0 .. --budget ({config.budget}), got {config.random_start}")
 
     def select(self, config: SelectConfig, store: FeatureStore, context: SelectionContext) -> pa.Table:
         from raysel.runtime import ensure_ray
@@ -76,7 +80,10 @@ class KCenterMethod(SelectionMethod):
         plan = plan_shards(store, config.shards)
         check_budget(config.budget, sum(s.stop - s.start for part in plan for s in part), len(context.labeled))
         ensure_ray()
-        seeds = list(context.labeled) + [pick.uri for pick in context.resumed]
+        resumed = list(context.resumed)
+        if config.random_start:
+            resumed = self._random_start(config, store, context)
+        seeds = list(context.labeled) + [pick.uri for pick in resumed]
         group = RayShardGroup(
             store,
             plan,
@@ -97,10 +104,29 @@ class KCenterMethod(SelectionMethod):
                 candidates=config.candidates,
                 seed=config.seed,
                 labeled=context.labeled,
-                resumed=context.resumed,
+                resumed=resumed,
                 record=context.record,
             )
             context.stats.update(stats.as_dict(), recoveries=group.recoveries)
         finally:
             group.close()
         return selection_table(picks)
+
+    @staticmethod
+    def _random_start(config: SelectConfig, store: FeatureStore, context: SelectionContext) -> list[Pick]:
+        """The released FreeSel `--random_num`: the first N picks are a seeded uniform sample of the unlabeled
+        images (never --labeled ones), recorded as picks (score null) and counted toward the budget; K-Center
+        then starts from them as from picks restored from a checkpoint."""
+        from raysel.select.methods.random_sampling import RandomMethod
+
+        sample = RandomMethod().select(
+            dataclasses.replace(config, budget=config.random_start), store,
+            SelectionContext(labeled=list(context.labeled)),
+        )
+        drawn = [Pick(uri, None) for uri in sample.column(schema.URI).to_pylist()]
+        restored = list(context.resumed)
+        if [p.uri for p in restored[: len(drawn)]] != [p.uri for p in drawn[: len(restored)]]:
+            raise SelectionConfigError("the checkpoint does not start with this run's --random-start draws")
+        context.record(drawn[len(restored) :])
+        context.stats.update(random_start=len(drawn))
+        return drawn + restored[len(drawn) :]

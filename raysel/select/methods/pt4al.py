@@ -4,13 +4,16 @@
     raysel select STORE --method pt4al --cycles 10 --cycle 1 --budget 1000 --labeled labels.csv --out c1.parquet
 
 1. The store's `pretext_loss` (`raysel featurize --pretext MODEL`) sorts the pool,
-   hardest first (numerically; ties by uri). The order is cut into `cycles`
-   batches of equal size (the first N mod C batches hold one image more).
+   hardest first (numerically; ties by uri; `--pt4al-sort string` sorts the
+   text `str(float(loss))` as the released make_batches.py does). The order is
+   cut into `cycles` batches of equal size (the first N mod C batches hold one image more).
 2. Cycle 0 (no model yet): every (|batch| / budget)-th image of batch 0, i.e.
    positions floor(j * |batch| / budget), j = 0 .. budget-1.
 3. Cycle c >= 1: a main-task classifier trained on all labels so far (a linear
    head on the store's embeddings, or your own model's `--predictions`) scores
-   batch c; the `budget` images with the lowest top-1 probability are picked.
+   batch c; the `budget` images with the lowest top-1 probability are picked
+   (`--confidence normalized`, the default as in the released main.py: the
+   softmax of L2-normalised logits; `softmax`: of the logits as they are).
 
 Already-labeled images are never picked. Scores: the pretext loss in cycle 0,
 the top-1 probability in later cycles.
@@ -39,10 +42,54 @@ class PretextLossMissingError(SelectionError):
     """A feature store without usable `pretext_loss` values."""
 
 
-def pretext_batches(uris: list[str], losses: np.ndarray, cycles: int) -> list[list[str]]:
+PT4AL_SORTS = ("numeric", "string")
+CONFIDENCES = ("normalized", "softmax")
+
+
+def loss_text(loss: float) -> str:
+    """A loss as the released make_batches.py writes it: `str(float(loss))`, e.g. '0.25' or '9.5e-05'."""
+    return str(float(loss))
+
+
+def pretext_order(uris: list[str], losses: np.ndarray, sort: str = "numeric") -> list[int]:
+    """Row indices, hardest first: by loss descending, or by `loss_text` descending (`sort="string"`); ties by uri.
+
+    The string order is the released code's `np.argsort(strings)` reversed: '9.5e-05'
+    sorts above '0.98' (and '1.2' above '0.98'), so the easiest images, whose losses print
+    in scientific notation, join the hardest batch.
+    """
+    if sort not in PT4AL_SORTS:
+        raise SelectionConfigError(f"--pt4al-sort must be one of {list(PT4AL_SORTS)}, got {sort!r}")
+    if sort == "numeric":
+        return sorted(range(len(uris)), key=lambda i: (-float(losses[i]), uris[i]))
+    texts = [loss_text(loss) for loss in losses]
+    by_uri = sorted(range(len(uris)), key=lambda i: uris[i])
+    return sorted(by_uri, key=lambda i: texts[i], reverse=True)  # stable: ties stay in uri order
+
+
+def pretext_batches(uris: list[str], losses: np.ndarray, cycles: int, sort: str = "numeric") -> list[list[str]]:
     """PT4AL's batches: uris sorted by loss, descending (ties by uri), cut into `cycles` near-equal parts."""
-    order = sorted(range(len(uris)), key=lambda i: (-float(losses[i]), uris[i]))
+    order = pretext_order(uris, losses, sort)
     return [[uris[i] for i in part] for part in np.array_split(np.asarray(order, dtype=np.int64), cycles)]
+
+
+def top1_confidence(logits: np.ndarray, confidence: str = "normalized") -> np.ndarray:
+    """[n, K] logits -> [n] top-1 probability: of softmax(logits / |logits|_2) ('normalized'), or of softmax(logits).
+
+    'normalized' is the released main.py (`F.softmax(F.normalize(outputs, dim=1))`,
+    the norm clamped at 1e-12 as F.normalize does). Unit-norm logits lie in [-1, 1],
+    so every top-1 probability stays near 1 / K and the order can differ from the
+    plain softmax's (it ranks the direction of the logits, not their size).
+    """
+    if confidence not in CONFIDENCES:
+        raise SelectionConfigError(f"--confidence must be one of {list(CONFIDENCES)}, got {confidence!r}")
+    logits = np.asarray(logits, dtype=np.float64)
+    if len(logits) == 0:
+        return np.zeros(0)
+    if confidence == "normalized":
+        logits = logits / np.maximum(np.linalg.norm(logits, axis=1, keepdims=True), 1e-12)
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return (exp / exp.sum(axis=1, keepdims=True)).max(axis=1)
 
 
 def uniform_positions(size: int, budget: int) -> list[int]:
@@ -52,7 +99,11 @@ def uniform_positions(size: int, budget: int) -> list[int]:
 
 def lowest_confidence(uris: list[str], probabilities: np.ndarray, budget: int) -> list[Pick]:
     """The `budget` uris with the lowest top-1 probability, lowest first (ties by uri)."""
-    confidence = probabilities.max(axis=1) if len(uris) else np.zeros(0)
+    return lowest_scores(uris, probabilities.max(axis=1) if len(uris) else np.zeros(0), budget)
+
+
+def lowest_scores(uris: list[str], confidence: np.ndarray, budget: int) -> list[Pick]:
+    """The `budget` uris with the lowest confidence [n], lowest first (ties by uri)."""
     order = sorted(range(len(uris)), key=lambda i: (float(confidence[i]), uris[i]))[:budget]
     return [Pick(uris[i], float(confidence[i])) for i in order]
 
@@ -92,13 +143,19 @@ def read_pretext_losses(store: FeatureStore) -> tuple[list[str], np.ndarray]:
 class PT4ALMethod(SelectionMethod):
     """Pretext-loss batches; uniform in cycle 0, lowest top-1 confidence in later cycles."""
 
-    fingerprint_options = ("cycles", "cycle", "labeled", "predictions")  # labels: by content
+    fingerprint_options = (
+        "cycles", "cycle", "labeled", "predictions", "pt4al_sort", "confidence", "predictions_logits"
+    )  # labels: by content
 
     def validate(self, config: SelectConfig) -> None:
         if config.cycles < 1:
             raise CycleError(f"--cycles must be >= 1, got {config.cycles}")
         if not 0 <= config.cycle < config.cycles:
             raise CycleError(f"--cycle must be in 0 .. {config.cycles - 1} (--cycles {config.cycles}), got {config.cycle}")
+        if config.pt4al_sort not in PT4AL_SORTS:
+            raise SelectionConfigError(f"--pt4al-sort must be one of {list(PT4AL_SORTS)}, got {config.pt4al_sort!r}")
+        if config.confidence not in CONFIDENCES:
+            raise SelectionConfigError(f"--confidence must be one of {list(CONFIDENCES)}, got {config.confidence!r}")
 
     def select(self, config: SelectConfig, store: FeatureStore, context: SelectionContext) -> pa.Table:
         self.validate(config)
@@ -106,7 +163,7 @@ class PT4ALMethod(SelectionMethod):
         known = set(uris)
         labeled = set(context.labeled)
         check_known(sorted(labeled), known, f"labeled file {config.labeled!r}")
-        batches = pretext_batches(uris, losses, config.cycles)
+        batches = pretext_batches(uris, losses, config.cycles, config.pt4al_sort)
         batch = batches[config.cycle]
         candidates = [uri for uri in batch if uri not in labeled]
         if config.budget < 1 or config.budget > len(candidates):
@@ -123,22 +180,33 @@ class PT4ALMethod(SelectionMethod):
             posteriors = build_posteriors(config, store, known, "pt4al cycle >= 1")
             wanted = set(candidates)
             found_uris: list[str] = []
-            found_probs: list[np.ndarray] = []
+            found_scores: list[np.ndarray] = []
+
+            def confidence_of(uris_: list[str], vectors_: np.ndarray | None) -> np.ndarray:
+                # Logits (linear head, --predictions-logits) go through --confidence; probabilities as given.
+                if posteriors.has_logits:
+                    return top1_confidence(posteriors.predict_logits(uris_, vectors_), config.confidence)
+                probs = posteriors.predict(uris_, vectors_)
+                return probs.max(axis=1) if len(probs) else np.zeros(0)
+
             if posteriors.needs_embeddings:
                 for part, vectors in iter_rows(store, embeddings=True):
                     rows = [i for i, uri in enumerate(part) if uri in wanted]
                     if rows:
                         found_uris.extend(part[i] for i in rows)
-                        found_probs.append(posteriors.predict([part[i] for i in rows], vectors[rows]))
+                        found_scores.append(confidence_of([part[i] for i in rows], vectors[rows]))
             else:
                 found_uris = candidates
-                found_probs = [posteriors.predict(candidates, None)]
-            probabilities = np.concatenate(found_probs) if found_probs else np.zeros((0, len(posteriors.classes)))
-            picks = lowest_confidence(found_uris, probabilities, config.budget)
+                found_scores = [confidence_of(candidates, None)]
+            scores = np.concatenate(found_scores) if found_scores else np.zeros(0)
+            picks = lowest_scores(found_uris, scores, config.budget)
             source = posteriors.source
+            context.stats.update(
+                confidence=config.confidence if posteriors.has_logits else "top-1 of the given probabilities"
+            )
         context.record(picks)
         context.stats.update(
-            images=len(uris), cycles=config.cycles, cycle=config.cycle, batch_size=len(batch),
+            images=len(uris), cycles=config.cycles, cycle=config.cycle, batch_size=len(batch), pt4al_sort=config.pt4al_sort,
             batch_labeled=len(batch) - len(candidates), scores=source, picks=len(picks),
         )
         return selection_table(picks)

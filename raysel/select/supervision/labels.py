@@ -104,8 +104,14 @@ def read_labels(uri: str, options: StorageOptions | None = None) -> LabeledSet:
     return LabeledSet(uris=list(seen), labels=list(seen.values()))
 
 
-def read_predictions(uri: str, options: StorageOptions | None = None) -> tuple[list[str], np.ndarray]:
-    """(uris [N], probabilities [N, K] float64) of a predictions file, validated."""
+def read_predictions(
+    uri: str, options: StorageOptions | None = None, logits: bool = False
+) -> tuple[list[str], np.ndarray]:
+    """(uris [N], probabilities [N, K] float64) of a predictions file, validated.
+
+    With `logits=True` the columns hold raw logits (`--predictions-logits`): any
+    finite numbers, no [0, 1] or sum-to-1 check.
+    """
     table = read_table(uri, options, "predictions file")
     uris = _uris_of(table, uri, "predictions file")
     if len(set(uris)) != len(uris):
@@ -144,6 +150,8 @@ def read_predictions(uri: str, options: StorageOptions | None = None) -> tuple[l
         raise PredictionsError(f"predictions file {uri!r} has {probs.shape[1]} class; need at least 2")
     if not np.isfinite(probs).all():
         raise PredictionsError(f"predictions file {uri!r} has NaN or infinite probabilities")
+    if logits:
+        return uris, probs
     if (probs < -PROBABILITY_TOLERANCE).any() or (probs > 1 + PROBABILITY_TOLERANCE).any():
         row = int(np.argmax(((probs < -PROBABILITY_TOLERANCE) | (probs > 1 + PROBABILITY_TOLERANCE)).any(axis=1)))
         raise PredictionsError(f"predictions file {uri!r}: {uris[row]} has a probability outside [0, 1]")
@@ -153,7 +161,7 @@ def read_predictions(uri: str, options: StorageOptions | None = None) -> tuple[l
         row = int(np.argmax(bad))
         raise PredictionsError(
             f"predictions file {uri!r}: the probabilities of {uris[row]} sum to {sums[row]:.6f}, not 1 "
-            f"(tolerance {PROBABILITY_TOLERANCE}); {int(bad.sum())} row(s) in all. Give softmax outputs, not logits."
+            f"(tolerance {PROBABILITY_TOLERANCE}); {int(bad.sum())} row(s) in all. Give softmax outputs, or logits with --predictions-logits."
         )
     return uris, probs
 

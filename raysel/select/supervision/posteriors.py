@@ -66,14 +66,35 @@ class Posteriors:
     probe: LinearProbe | None = None
     table: dict[str, np.ndarray] = field(default_factory=dict)  # uri -> [K] row of --predictions
     labeled: list[str] = field(default_factory=list)  # uris with labels (empty with --predictions)
+    table_holds_logits: bool = False  # --predictions-logits: `table` rows are logits, not probabilities
 
     @property
     def needs_embeddings(self) -> bool:
         return self.probe is not None
 
+    @property
+    def has_logits(self) -> bool:
+        """Whether `predict_logits` works: the linear head, or a predictions file of logits."""
+        return self.probe is not None or self.table_holds_logits
+
     def predict(self, uris: list[str], embeddings: np.ndarray | None) -> np.ndarray:
         if self.probe is not None:
             return self.probe.predict_proba(embeddings)
+        rows = self._table_rows(uris)
+        if self.table_holds_logits and len(rows):
+            exp = np.exp(rows - rows.max(axis=1, keepdims=True))
+            return exp / exp.sum(axis=1, keepdims=True)
+        return rows
+
+    def predict_logits(self, uris: list[str], embeddings: np.ndarray | None) -> np.ndarray:
+        """[n, K] float64 logits (see `has_logits`)."""
+        if self.probe is not None:
+            return self.probe.predict_logits(embeddings)
+        if not self.table_holds_logits:
+            raise PredictionsError("the predictions file holds probabilities, not logits (see --predictions-logits)")
+        return self._table_rows(uris)
+
+    def _table_rows(self, uris: list[str]) -> np.ndarray:
         missing = [u for u in uris if u not in self.table]
         if missing:
             raise PredictionsError(
@@ -96,10 +117,12 @@ def build_posteriors(config: SelectConfig, store: FeatureStore, known: set[str],
     """
     options = config.storage()
     if config.predictions:
-        uris, probs = read_predictions(config.predictions, options)
+        logits = bool(getattr(config, "predictions_logits", False))
+        uris, probs = read_predictions(config.predictions, options, logits=logits)
         check_known(uris, known, f"predictions file {config.predictions!r}")
         return Posteriors(
-            classes=list(range(probs.shape[1])), source="predictions", table=dict(zip(uris, probs))
+            classes=list(range(probs.shape[1])), source="predictions", table=dict(zip(uris, probs)),
+            table_holds_logits=logits,
         )
     if not config.labeled:
         raise LabelsMissingError(

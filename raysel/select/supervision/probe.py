@@ -30,6 +30,11 @@ class LinearProbe:
             logits = self._logits(torch.from_numpy(np.asarray(features, dtype=np.float64)))
             return torch.softmax(logits, dim=1).numpy()
 
+    def predict_logits(self, features: np.ndarray) -> np.ndarray:
+        """[M, D] features -> [M, K] float64 logits (before the softmax)."""
+        with torch.no_grad():
+            return self._logits(torch.from_numpy(np.asarray(features, dtype=np.float64))).numpy()
+
     def _logits(self, features: torch.Tensor) -> torch.Tensor:
         standardized = (features - torch.from_numpy(self.mean)) / torch.from_numpy(self.std)
         return standardized @ torch.from_numpy(self.weight).T + torch.from_numpy(self.bias)
