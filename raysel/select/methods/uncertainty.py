@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from raysel.config import SelectConfig
 from raysel.select.base import Pick, SelectionContext, SelectionMethod, selection_table
@@ -49,7 +50,9 @@ def most_uncertain(uris: list[str], probabilities: np.ndarray, acquisition: str,
 
 def _top(uris: list[str], score: np.ndarray, acquisition: str, budget: int) -> list[Pick]:
     sign = 1.0 if acquisition == "margin" else -1.0  # small margins first; high entropy / 1 - p_max first
-    order = sorted(range(len(uris)), key=lambda i: (sign * float(score[i]), uris[i]))[:budget]
+    if not uris:
+        return []
+    order = np.lexsort((np.asarray(uris, dtype=str), sign * np.asarray(score, dtype=np.float64)))[:budget]
     return [Pick(uris[i], float(score[i])) for i in order]
 
 
@@ -78,9 +81,11 @@ class UncertaintyMethod(SelectionMethod):
         posteriors = build_posteriors(config, store, known, "uncertainty")
         # Stream the store, keeping the best `budget` so far: memory stays O(budget + shard).
         best: list[Pick] = []
+        labeled_array = pa.array(sorted(labeled), pa.string())
         for part, vectors in iter_rows(store, embeddings=posteriors.needs_embeddings):
-            rows = [i for i, uri in enumerate(part) if uri not in labeled]
-            if not rows:
+            keep = ~pc.is_in(pa.array(part, pa.string()), value_set=labeled_array).to_numpy(zero_copy_only=False)
+            rows = np.flatnonzero(keep)
+            if not len(rows):
                 continue
             candidates = [part[i] for i in rows]
             probabilities = posteriors.predict(candidates, vectors[rows] if vectors is not None else None)
