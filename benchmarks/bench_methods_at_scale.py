@@ -13,7 +13,7 @@ peak RSS comes from the run's `<out>.config.json` stats (shard actors report the
 methods without actors (random, pt4al, uncertainty stream the store in the driver)
 show "-". pt4al runs cycle 1 of 10 and uncertainty entropy, both with the linear head on
 the store's `-labels.csv` (made by make_byo_store.py). Wall time: run_selection only
-(Ray start-up excluded). Writes benchmarks/results/<name>.md.
+(Ray start-up excluded: every run joins one Ray the benchmark starts). Writes benchmarks/results/<name>.md.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -54,7 +55,7 @@ def run_one(args: argparse.Namespace) -> None:
     from raysel.config import SelectConfig
     from raysel.select import run_selection
 
-    ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+    ray.init(address=args.address, configure_logging=False, log_to_driver=False)
     options = dict(METHOD_OPTIONS.get(args.method, {}))
     labeled = options.pop("labeled", False)
     config = SelectConfig(
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("--method", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     parser.add_argument("--labels", help=argparse.SUPPRESS)
+    parser.add_argument("--address", help=argparse.SUPPRESS)
     args = parser.parse_args()
     labels = args.store.rstrip("/") + "-labels.csv"
     if args.one:
@@ -93,7 +95,11 @@ def main() -> None:
     from raysel.select import list_methods
     from raysel.store import FeatureStore
 
+    import ray
+
     methods = args.methods or list_methods()
+    ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)  # one Ray for every run
+    address = ray.get_runtime_context().gcs_address
     rows = FeatureStore(args.store).metadata().get("synthetic", {})
     lines = [
         f"# Every method on {args.store}, budget {args.budget}",
@@ -109,14 +115,18 @@ def main() -> None:
         for shards in args.shards:
             with tempfile.TemporaryDirectory() as tmp:
                 command = [sys.executable, __file__, args.store, "--one", "--method", method, "--shards", str(shards),
-                           "--budget", str(args.budget), "--out", f"{tmp}/sel.parquet", "--labels", labels]
+                           "--budget", str(args.budget), "--out", f"{tmp}/sel.parquet", "--labels", labels, "--address", address]
                 started = time.perf_counter()
+                child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
                 try:
-                    done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
+                    stdout, stderr = child.communicate(timeout=args.timeout)
                 except subprocess.TimeoutExpired:
+                    os.killpg(child.pid, signal.SIGTERM)  # the run and anything it started
+                    child.communicate()
                     lines.append(f"| {method} | {shards} | > {args.timeout:.0f} (stopped) | | | |")
                     print(lines[-1], flush=True)
                     continue
+                done = subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
                 if done.returncode != 0:
                     error = (done.stderr.strip().splitlines() or ["?"])[-1][:200]
                     lines.append(f"| {method} | {shards} | failed after {time.perf_counter() - started:.0f} | | | {error} |")

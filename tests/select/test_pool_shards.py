@@ -125,3 +125,19 @@ def test_bad_pools_are_clear_errors_and_write_nothing(ray_session, tmp_path, mak
     group, index = open_memory_pool(vectors, uris, [], 5)
     with pytest.raises(TooFewImagesError, match="only 60"):  # more clusters than images (reachable from the Python API)
         typiclust.typiclust_on_pool(group, index, 61, 500, 0)
+
+
+@pytest.mark.pure
+def test_fixed_point_cluster_sums_are_the_integer_sums():
+    rng = np.random.default_rng(6)
+    points = (rng.standard_normal((5000, 7)) * 40).astype(np.float32)
+    labels = rng.integers(0, 9, 5000)
+    mean = points.astype(np.float64).mean(axis=0)
+    scale = kmeans.fixed_point_scale(kmeans.max_abs_centred(points.min(0), points.max(0), mean), 5000)
+    sums, counts = kmeans.cluster_sums(points, mean, labels, 9, scale)
+    fixed = np.rint((points.astype(np.float64) - mean) * scale).astype(np.int64)
+    expected = np.zeros((9, 7), dtype=np.int64)
+    np.add.at(expected, labels, fixed)
+    assert np.array_equal(sums, expected) and np.array_equal(counts, np.bincount(labels, minlength=9))
+    means = kmeans.updated_centers(np.zeros((9, 7)), sums, counts, scale)
+    np.testing.assert_allclose(means, [(points[labels == c].astype(np.float64) - mean).mean(0) for c in range(9)], atol=1e-9)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from raysel.select.pool.blas import single_threaded
+
 QUERY_BLOCK = 4096  # query rows per faiss call: bounds the transient result size
 CANDIDATE_MARGIN = 1e-4  # extra squared radius for the float32 search; exact float64 check after
 RECHECK_BLOCK = 1 << 18
@@ -74,6 +76,7 @@ def csr(rows: np.ndarray, targets: np.ndarray, count: int) -> tuple[np.ndarray, 
     return indptr, targets[order].astype(dtype)
 
 
+@single_threaded
 def ball_neighbours(vectors: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     """The whole graph of in-memory vectors: neighbours within distance < delta, the point itself left out.
 
@@ -101,6 +104,7 @@ def gather(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> np.ndar
     return indices[offsets]
 
 
+@single_threaded
 def nearest_other_cluster(queries: np.ndarray, query_labels: np.ndarray, base: np.ndarray, base_labels: np.ndarray) -> np.ndarray:
     """[q] float64 exact distance from each query to the nearest base point of another cluster (inf: none).
 

@@ -30,12 +30,16 @@ from typing import Callable
 
 import numpy as np
 
+from raysel.select.pool.blas import single_threaded
+
 KMEANS_MAX_ITERS = 100
 KMEANS_TOLERANCE = 1e-4  # stop when at most this fraction of points changed cluster in a step
 INIT_SAMPLE_MIN = 10_000
 INIT_SAMPLE_PER_CLUSTER = 40
 ROW_BLOCK = 1024
-SUM_BLOCK = 65_536
+SUM_BLOCK = 65_536  # rows per fixed-point block: 2^16 x 2^26 (a low half) stays below 2^53
+LOW_BITS = 26
+LOW_MASK = (1 << LOW_BITS) - 1
 
 
 def init_sample(count: int, clusters: int, seed: int) -> np.ndarray:
@@ -71,6 +75,7 @@ def kmeans_plus_plus(points: np.ndarray, clusters: int, rng: np.random.Generator
     return points[chosen].copy()
 
 
+@single_threaded
 def initial_centers(sample: np.ndarray, clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(mean [D] float64 of the sample, [min(clusters, n), D] float64 k-means++ centers, centred on it)."""
     points = np.asarray(sample, dtype=np.float64)
@@ -120,10 +125,13 @@ def cluster_sums(points: np.ndarray, mean: np.ndarray, labels: np.ndarray, clust
         stop = min(start + SUM_BLOCK, count)
         fixed = np.rint((points[start:stop].astype(np.float64) - mean) * scale).astype(np.int64)
         block_labels = labels[start:stop]
-        order = np.argsort(block_labels, kind="stable")
-        ordered = block_labels[order]
-        starts = np.flatnonzero(np.concatenate([[True], ordered[1:] != ordered[:-1]]))
-        sums[ordered[starts]] += np.add.reduceat(fixed[order], starts, axis=0)
+        # exact integer sums via float64 bincounts of 26-bit halves: every partial sum stays below 2^53
+        low = (fixed & LOW_MASK).astype(np.float64)
+        high = (fixed >> LOW_BITS).astype(np.float64)
+        for dim in range(dims):
+            low_sum = np.bincount(block_labels, weights=low[:, dim], minlength=clusters).astype(np.int64)
+            high_sum = np.bincount(block_labels, weights=high[:, dim], minlength=clusters).astype(np.int64)
+            sums[:, dim] += (high_sum << LOW_BITS) + low_sum
     return sums, np.bincount(labels, minlength=clusters).astype(np.int64)
 
 
@@ -178,6 +186,7 @@ def seeded_kmeans(points: np.ndarray, clusters: int, seed: int, max_iters: int =
     return labels, steps
 
 
+@single_threaded
 def kmeans_with_centers(points: np.ndarray, clusters: int, seed: int, max_iters: int = KMEANS_MAX_ITERS) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """(labels [N], mean [D], centred centers [k, D], steps) of `seeded_kmeans`."""
     if clusters < 1:

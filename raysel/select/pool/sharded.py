@@ -20,6 +20,7 @@ import numpy as np
 import ray
 from ray.exceptions import RayTaskError
 
+from raysel.select.pool.blas import single_threaded
 from raysel.select.pool.embedding_pool import PoolIndex, check_budget, index_pool
 from raysel.select.pool.pool_shard import PoolShard
 from raysel.select.pool.store_rows import RowSlice, plan_shards
@@ -74,15 +75,18 @@ class LocalPoolGroup(PoolGroup):
         self.shards = list(shards)
         self.num_shards = len(self.shards)
 
+    @single_threaded
     def call(self, method: str, *args: Any) -> list:
         return [getattr(shard, method)(*args) for shard in self.shards]
 
+    @single_threaded
     def call_each(self, method: str, args: Sequence[tuple]) -> list:
         return [getattr(shard, method)(*a) for shard, a in zip(self.shards, args)]
 
     def put(self, value: Any) -> Any:
         return value
 
+    @single_threaded
     def exchange(self, split: str, split_args: tuple, combine: str, combine_args: Sequence[tuple]) -> list:
         parts = [getattr(shard, split)(*split_args, self.num_shards) for shard in self.shards]
         return [
@@ -90,6 +94,7 @@ class LocalPoolGroup(PoolGroup):
             for p, shard in enumerate(self.shards)
         ]
 
+    @single_threaded
     def round_robin(self, method: str, *args: Any) -> list:
         exports = [shard.export() for shard in self.shards]
         totals = [0] * self.num_shards
@@ -110,13 +115,16 @@ class PoolShardActor:
     def ping(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
+    @single_threaded
     def load(self, store_uri: str, options: StorageOptions, slices: list[RowSlice]) -> dict:
         self.shard = PoolShard.from_store(store_uri, options, slices)
         return self.shard.summary()
 
+    @single_threaded
     def run(self, method: str, *args: Any) -> Any:
         return getattr(self.shard, method)(*args)
 
+    @single_threaded
     def run_split(self, method: str, *args: Any) -> Any:
         parts = getattr(self.shard, method)(*args)
         return tuple(parts) if len(parts) > 1 else parts[0]
