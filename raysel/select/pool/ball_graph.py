@@ -22,15 +22,16 @@ from raysel.select.pool.blas import single_threaded
 
 QUERY_BLOCK = 4096  # query rows per faiss call: bounds the transient result size
 CANDIDATE_MARGIN = 1e-4  # extra squared radius for the float32 search; exact float64 check after
-RECHECK_BLOCK = 1 << 18
+RECHECK_VALUES = 1 << 22  # pair x dimension values re-checked at a time (32 MB of float64 per operand)
 NEAREST_CANDIDATES = 32  # kNN depth tried before an exhaustive search for the nearest other-cluster point
 
 
 def exact_squared(queries: np.ndarray, base: np.ndarray, query_rows: np.ndarray, base_rows: np.ndarray) -> np.ndarray:
     """[pairs] float64 sum((queries[q] - base[b])^2), element-wise (independent of any blocking)."""
     out = np.empty(len(query_rows), dtype=np.float64)
-    for start in range(0, len(query_rows), RECHECK_BLOCK):
-        stop = start + RECHECK_BLOCK
+    block = max(1, RECHECK_VALUES // max(queries.shape[1], 1))
+    for start in range(0, len(query_rows), block):
+        stop = start + block
         difference = queries[query_rows[start:stop]].astype(np.float64) - base[base_rows[start:stop]].astype(np.float64)
         out[start:stop] = (difference * difference).sum(axis=1)
     return out
