@@ -17,8 +17,9 @@ distributed run over pool shard actors (`pool/sharded.py`, `distributed_kmeans`)
   overflows): integer addition is associative, so per-shard sums reduced on the driver
   equal the single-process sums bit for bit. A center left without points stays.
 - stop: when at most KMEANS_TOLERANCE of the points change cluster (0 changes on pools
-  under 10,000 images), or after `max_iters` steps. Labels are the assignment to the
-  final centers.
+  under 10,000 images), or, above EXACT_BELOW points, when the squared center shifts sum to
+  at most 1e-4 x the sample's mean variance (scikit-learn's rule), or after `max_iters`
+  steps. Labels are the assignment to the final centers.
 
 Memory per shard: its rows (float32) + O(ROW_BLOCK x k). Time per step: O(N x k x D) in
 BLAS float32, spread over the shards; init O(k x log k x sample x D) on the driver.
@@ -34,6 +35,8 @@ from raysel.select.pool.blas import single_threaded
 
 KMEANS_MAX_ITERS = 100
 KMEANS_TOLERANCE = 1e-4  # stop when at most this fraction of points changed cluster in a step
+KMEANS_SHIFT_TOLERANCE = 1e-4  # ... or (pools above EXACT_BELOW) the centers moved this little (x mean variance)
+EXACT_BELOW = 10_000  # pools up to this size run Lloyd to no change at all
 INIT_SAMPLE_MIN = 10_000
 INIT_SAMPLE_PER_CLUSTER = 40
 ROW_BLOCK = 1024
@@ -146,23 +149,34 @@ def updated_centers(centers: np.ndarray, sums: np.ndarray, counts: np.ndarray, s
 AssignStep = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, int]]
 
 
-def lloyd(step: AssignStep, centers: np.ndarray, count: int, scale: float, max_iters: int = KMEANS_MAX_ITERS) -> tuple[np.ndarray, int]:
+def lloyd(
+    step: AssignStep, centers: np.ndarray, count: int, scale: float, max_iters: int = KMEANS_MAX_ITERS, shift_tolerance: float = 0.0
+) -> tuple[np.ndarray, int]:
     """Lloyd's iterations given `step(centers) -> (sums, counts, changed)` over the whole pool.
 
     `step` assigns every point to its nearest of `centers`, keeps those labels, and returns
     the fixed-point sums and counts of that assignment and how many labels changed (every
-    point counts as changed on the first call). Returns (final centers, steps run); the
-    labels `step` kept last are the assignment to the final centers.
+    point counts as changed on the first call). Stops when at most KMEANS_TOLERANCE of the
+    points changed or, on pools above EXACT_BELOW points, when the centers moved by at most
+    `shift_tolerance` (sum of squared shifts, scikit-learn's rule). Returns (final centers,
+    steps run); the labels `step` kept last are the assignment to the final centers.
     """
     sums, counts, _ = step(centers)
     steps = 0
     while steps < max_iters:
         steps += 1
-        centers = updated_centers(centers, sums, counts, scale)
+        moved = updated_centers(centers, sums, counts, scale)
+        shift = float(((moved - centers) ** 2).sum())
+        centers = moved
         sums, counts, changed = step(centers)
-        if changed <= KMEANS_TOLERANCE * count:
+        if changed <= KMEANS_TOLERANCE * count or (count > EXACT_BELOW and shift <= shift_tolerance):
             break
     return centers, steps
+
+
+def shift_tolerance_of(sample: np.ndarray) -> float:
+    """scikit-learn's tol x mean per-dimension variance, from the k-means++ sample."""
+    return float(KMEANS_SHIFT_TOLERANCE * np.asarray(sample, dtype=np.float64).var(axis=0).mean()) if len(sample) else 0.0
 
 
 def max_abs_centred(low: np.ndarray, high: np.ndarray, mean: np.ndarray) -> float:
@@ -194,7 +208,9 @@ def kmeans_with_centers(points: np.ndarray, clusters: int, seed: int, max_iters:
     points = np.ascontiguousarray(points, dtype=np.float32)
     if len(points) == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(points.shape[1:]), np.zeros((0,) + points.shape[1:]), 0
-    mean, centers = initial_centers(points[init_sample(len(points), clusters, seed)], clusters, seed)
+    sample = points[init_sample(len(points), clusters, seed)]
+    mean, centers = initial_centers(sample, clusters, seed)
+    tolerance = shift_tolerance_of(sample)
     scale = fixed_point_scale(max_abs_centred(points.min(axis=0), points.max(axis=0), mean), len(points))
     state = {"labels": None}
 
@@ -206,7 +222,7 @@ def kmeans_with_centers(points: np.ndarray, clusters: int, seed: int, max_iters:
         sums, counts = cluster_sums(points, mean, labels, len(current), scale)
         return sums, counts, changed
 
-    centers, steps = lloyd(step, centers, len(points), scale, max_iters)
+    centers, steps = lloyd(step, centers, len(points), scale, max_iters, tolerance)
     return state["labels"], mean, centers, steps
 
 
@@ -230,6 +246,7 @@ def distributed_kmeans(group, count: int, low: np.ndarray, high: np.ndarray, clu
     ids = np.concatenate([part[0] for part in found])
     sample = np.concatenate([part[1] for part in found])[np.argsort(ids, kind="stable")]
     mean, centers = initial_centers(sample, clusters, seed)
+    tolerance = shift_tolerance_of(sample)
     del sample
     scale = fixed_point_scale(max_abs_centred(low, high, mean), count)
     group.call("reset_labels")
@@ -240,5 +257,5 @@ def distributed_kmeans(group, count: int, low: np.ndarray, high: np.ndarray, clu
         counts = np.sum([r[1] for r in results], axis=0)
         return sums, counts, int(sum(r[2] for r in results))
 
-    centers, steps = lloyd(step, centers, count, scale, max_iters)
+    centers, steps = lloyd(step, centers, count, scale, max_iters, tolerance)
     return mean, centers, steps
