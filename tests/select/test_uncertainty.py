@@ -157,12 +157,12 @@ def test_linear_head_scores_shards_on_ray_tasks(ray_session, make_store, synth, 
     uris = table.column("uri").to_pylist()
     labels = write_labels(tmp_path / "labels.csv", [(u, int(g)) for u, g in list(zip(uris, groups))[:12]])
     runs = {}
-    for shards in (1, 2, 4):
+    for shards in (1, 3):
         out = str(tmp_path / f"sel-{shards}.parquet")
         runs[shards] = run_selection(SelectConfig(store=store, out=out, budget=15, method="uncertainty", labeled=labels, shards=shards))
-    for shards in (2, 4):  # the driver's stream (1) and the tasks' per-shard tops merged pick the same
+    for shards in (3,):  # the driver's stream (1) and the tasks' per-shard tops merged pick the same
         assert runs[shards].column("uri").to_pylist() == runs[1].column("uri").to_pylist()
         np.testing.assert_allclose(runs[shards].column("score").to_pylist(), runs[1].column("score").to_pylist(), rtol=1e-12)
     import json
 
-    assert json.load(open(str(tmp_path / "sel-4.parquet") + ".config.json"))["stats"]["scored_on_shards"] == 4
+    assert json.load(open(str(tmp_path / "sel-3.parquet") + ".config.json"))["stats"]["scored_on_shards"] == 3
