@@ -1,4 +1,4 @@
-"""Wall time of typiclust and probcover on a synthetic pool, in one process (they run in the driver).
+"""Wall time of typiclust and probcover on a synthetic pool, in one process (their in-process references).
 
     .venv/bin/python benchmarks/bench_low_budget.py                       # N = 20,000, D = 384, budget 100
     .venv/bin/python benchmarks/bench_low_budget.py --images 5000 --quick  # smaller
@@ -18,10 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from raysel.select.pool.embedding_pool import make_pool
-from raysel.select.pool.kmeans import seeded_kmeans
-from raysel.select.methods.probcover import normalized, probcover_picks, purity_delta
-from raysel.select.methods.typiclust import typiclust_picks
+from raysel.select.methods.probcover import probcover_on_pool, purity_delta_on_pool
+from raysel.select.methods.typiclust import typiclust_on_pool
+from raysel.select.pool.sharded import open_memory_pool
 
 
 def main() -> None:
@@ -36,19 +35,21 @@ def main() -> None:
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((args.classes, args.dims))
     vectors = (centers[rng.integers(0, args.classes, count)] + 0.7 * rng.standard_normal((count, args.dims))).astype(np.float32)
-    pool = make_pool(vectors, [f"img-{i:07d}" for i in range(count)], [], args.budget)
+    uris = [f"img-{i:07d}" for i in range(count)]
+    group, index = open_memory_pool(vectors, uris, [], args.budget)
 
     started = time.perf_counter()
-    _, typiclust_figures = typiclust_picks(pool, args.budget, 500, seed=0)
+    _, typiclust_figures = typiclust_on_pool(group, index, args.budget, 500, seed=0)
     typiclust_seconds = time.perf_counter() - started
 
-    unit = normalized(pool)
+    unit = (vectors / np.linalg.norm(vectors.astype(np.float64), axis=1)[:, None]).astype(np.float32)
+    group, index = open_memory_pool(unit, uris, [], args.budget)
     started = time.perf_counter()
-    labels, _ = seeded_kmeans(unit, 10, seed=0)
-    delta, purity = purity_delta(unit, labels, 0.95)
+    delta, purity_figures = purity_delta_on_pool(group, index, 10, 0.95, seed=0)
+    purity = purity_figures["purity"]
     purity_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    _, probcover_figures = probcover_picks(pool, unit, args.budget, delta, seed=0)
+    _, probcover_figures = probcover_on_pool(group, index, args.budget, delta, seed=0)
     probcover_seconds = time.perf_counter() - started
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")

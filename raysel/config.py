@@ -170,7 +170,10 @@ class SelectConfig:
         None, "probcover: ball radius on L2-normalized embeddings, in (0, 2]; default: the purity rule"
     )
     purity_alpha: float = _opt(0.95, "probcover: the purity rule keeps the largest delta whose balls are this pure")
-    purity_clusters: int = _opt(10, "probcover: K-Means clusters the purity rule measures against (paper: the classes)")
+    purity_clusters: int | None = _opt(
+        None, "probcover: K-Means clusters the purity rule measures against (paper: the classes); "
+        "default: min(1000, sample images / 20)"
+    )
 
     def storage(self) -> StorageOptions:
         return StorageOptions(s3_endpoint=self.s3_endpoint, s3_max_attempts=self.s3_max_attempts)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raysel import schema, storage
@@ -32,19 +34,21 @@ PICK_BLOCK = 256  # picks per product
 VECTOR_NDIM = {schema.CLUSTERS: 3, schema.EMBEDDING: 2}
 
 
-def coverage_radii(pool: np.ndarray, picks: np.ndarray, distance: str) -> np.ndarray:
+def coverage_radii(pool: np.ndarray, picks: np.ndarray, distance: str, picks_prepared: bool = False) -> np.ndarray:
     """Coverage radius after each pick, for one block of the pool.
 
     Args:
         pool: [N, K, D] vectors of N images (K = 1 for embeddings).
         picks: [B, K, D] vectors of the picks, in pick order.
         distance: "cosine" or "euclidean".
+        picks_prepared: `picks` are already float64 (and unit length under cosine): the
+            store pass prepares them once, not once per store shard.
 
     Returns:
         [B] float64: entry t is max over the N images of their distance to the first t + 1 picks.
     """
     points = _prepared(pool, distance)
-    centers = _prepared(picks, distance)
+    centers = picks if picks_prepared else _prepared(picks, distance)
     n, k, _ = points.shape
     radii = np.full(len(centers), -np.inf)
     for row_start in range(0, n, ROW_BLOCK):
@@ -110,17 +114,19 @@ def store_coverage(
     On a sample the radius is the max over the sampled images: a lower bound of the pool's, exact at pick t
     whenever the farthest image is in the sample.
     """
-    position = {uri: rank for rank, uri in enumerate(selection.uris)}
+    wanted = pa.array(selection.uris, pa.string())
     picks: np.ndarray | None = None
     found = 0
     for table in store.iter_tables(columns=[schema.URI, column]):
+        position = pc.index_in(wanted, value_set=table.column(schema.URI).combine_chunks().cast(pa.string()))
+        hit = position.is_valid().to_numpy(zero_copy_only=False)
+        if not hit.any():
+            continue
         vectors = _as_3d(vectors_of(table.column(column), VECTOR_NDIM[column]))
-        for row, uri in enumerate(table.column(schema.URI).to_pylist()):
-            if uri in position:
-                if picks is None:
-                    picks = np.empty((len(selection.uris),) + vectors.shape[1:], dtype=np.float32)
-                picks[position[uri]] = vectors[row]
-                found += 1
+        if picks is None:
+            picks = np.empty((len(selection.uris),) + vectors.shape[1:], dtype=np.float32)
+        picks[hit] = vectors[position.to_numpy(zero_copy_only=False)[hit].astype(np.int64)]
+        found += int(hit.sum())
     if found < len(selection.uris):
         known = set()
         for table in store.iter_tables(columns=[schema.URI]):
@@ -131,6 +137,7 @@ def store_coverage(
             "was it selected from another store?"
         )
     radii = np.full(len(selection.uris), -np.inf)
+    prepared = _prepared(picks, distance)  # once, not once per store shard
     fraction = sample / store.num_rows() if sample else 1.0
     pool_size = 0
     for table in store.iter_tables(columns=[schema.URI, column]):
@@ -138,7 +145,7 @@ def store_coverage(
         vectors = vectors[in_sample(table.column(schema.URI).to_pylist(), fraction)]
         if vectors.shape[1:] != picks.shape[1:]:
             raise ReportInputError(f"the store's '{column}' vectors change shape between shards: {vectors.shape[1:]} vs {picks.shape[1:]}")
-        np.maximum(radii, coverage_radii(vectors, picks, distance), out=radii)
+        np.maximum(radii, coverage_radii(vectors, prepared, distance, picks_prepared=True), out=radii)
         pool_size += len(vectors)
     if pool_size == 0:
         raise ReportInputError(f"--coverage-sample {sample} drew no image of the pool: raise it (0 measures every image)")

@@ -11,6 +11,8 @@ import contextlib
 from typing import Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from raysel.select.errors import DuplicateUriError, InconsistentVectorsError
 from raysel.select.supervision.posteriors import iter_rows
@@ -43,6 +45,43 @@ def read_embeddings(store: FeatureStore, what: str) -> tuple[list[str], np.ndarr
     if not np.isfinite(embeddings).all():
         raise InconsistentVectorsError(f"the {what} feature store {store.uri} has NaN or infinite embeddings")
     return uris, embeddings
+
+
+def scan_embeddings(store: FeatureStore, what: str) -> tuple[list[str], int]:
+    """(uris [N] in store order, D) of a store, with `read_embeddings`' checks, one shard in memory at a time."""
+    store.metadata()
+    uris: list[str] = []
+    dims: set[int] = set()
+    for part_uris, vectors in iter_rows(store, embeddings=True):
+        if len(part_uris):
+            uris.extend(part_uris)
+            dims.add(vectors.shape[1])
+            if not np.isfinite(vectors).all():
+                raise InconsistentVectorsError(f"the {what} feature store {store.uri} has NaN or infinite embeddings")
+    if not uris:
+        raise EmptyTestSplitError(f"the {what} feature store {store.uri} has no images")
+    if len(dims) > 1:
+        raise InconsistentVectorsError(f"the {what} feature store {store.uri} holds embeddings of different dimensions")
+    if len(set(uris)) != len(uris):
+        raise DuplicateUriError(f"the {what} feature store {store.uri} lists an image on more than one row")
+    return uris, dims.pop()
+
+
+def embeddings_of(store: FeatureStore, uris: list[str]) -> np.ndarray:
+    """[len(uris), D] float32 embeddings of the given images, in that order, streamed shard by shard."""
+    wanted = pa.array(uris, pa.string())
+    out: np.ndarray | None = None
+    for part_uris, vectors in iter_rows(store, embeddings=True):
+        position = pc.index_in(wanted, value_set=pa.array(part_uris, pa.string()))
+        hit = position.is_valid().to_numpy(zero_copy_only=False)
+        if not hit.any():
+            continue
+        if out is None:
+            out = np.zeros((len(uris), vectors.shape[1]), dtype=np.float32)
+        out[hit] = vectors[position.to_numpy(zero_copy_only=False)[hit].astype(np.int64)]
+    if out is None:
+        raise EmptyTestSplitError(f"the feature store {store.uri} holds none of the {len(uris)} labeled images")
+    return out
 
 
 def probe_accuracy(

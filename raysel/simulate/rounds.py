@@ -26,7 +26,8 @@ from raysel import schema, storage
 from raysel.config import SelectConfig
 from raysel.select import run_selection
 from raysel.select.supervision.labels import LabelsMissingError, SingleClassError
-from raysel.simulate.classifier import probe_accuracy
+from raysel.simulate.classifier import embeddings_of, probe_accuracy
+from raysel.store import FeatureStore
 from raysel.simulate.errors import SimulationError
 from raysel.simulate.oracle import Oracle
 from raysel.storage import StorageOptions
@@ -36,22 +37,30 @@ COLD_START_METHOD = "random"
 
 @dataclass
 class SimulationData:
-    """Everything the rounds read: the pool store, embeddings of pool and test split, the oracle."""
+    """Everything the rounds read: the pool store, embeddings of pool and test split, the oracle.
+
+    `pool_features` None (what `load_data` gives): the labeled images' embeddings are
+    streamed from the pool store each round, so memory holds the uris and the labeled
+    rows, never the whole pool's [N, D].
+    """
 
     pool_store: str
     pool_uris: list[str]
-    pool_features: np.ndarray  # [N, D] float32, rows in pool_uris order
+    pool_features: np.ndarray | None  # [N, D] float32 in pool_uris order, or None: read per round
     test_features: np.ndarray  # [M, D] float32
     test_targets: np.ndarray  # [M] int64 class indices (oracle.classes)
     oracle: Oracle
+    pool_options: StorageOptions | None = None
 
-    def __post_init__(self) -> None:
-        self.pool_row = {uri: row for row, uri in enumerate(self.pool_uris)}
+    def labeled_features(self, labeled: Sequence[str]) -> np.ndarray:
+        if self.pool_features is not None:
+            row = {uri: index for index, uri in enumerate(self.pool_uris)}
+            return self.pool_features[[row[uri] for uri in labeled]]
+        return embeddings_of(FeatureStore(self.pool_store, self.pool_options or StorageOptions()), list(labeled))
 
     def accuracy(self, labeled: Sequence[str]) -> float:
-        rows = [self.pool_row[uri] for uri in labeled]
         targets = self.oracle.class_indices(self.oracle.reveal(labeled))
-        return probe_accuracy(self.pool_features[rows], targets, self.test_features, self.test_targets, len(self.oracle.classes))
+        return probe_accuracy(self.labeled_features(labeled), targets, self.test_features, self.test_targets, len(self.oracle.classes))
 
 
 def curve_dir(out: str, method: str, seed: int) -> str:

@@ -24,7 +24,7 @@ from raysel.config import SelectConfig, SimulateConfig, to_dict
 from raysel.fingerprints import file_digest, store_state
 from raysel.select.pool.store_rows import file_row_counts
 from raysel.select.registry import get_method
-from raysel.simulate.classifier import read_embeddings, single_threaded_torch
+from raysel.simulate.classifier import read_embeddings, scan_embeddings, single_threaded_torch
 from raysel.simulate.errors import OracleLabelsError, ResultsMismatchError, SelectOptionsError, SimulationBudgetError
 from raysel.simulate.oracle import Oracle, read_oracle_labels
 from raysel.simulate.plot import PLOT_FILE, write_plot
@@ -85,11 +85,11 @@ def input_fingerprints(config: SimulateConfig) -> dict[str, Any]:
 def load_data(config: SimulateConfig) -> SimulationData:
     """Embeddings and labels of pool and test split, checked against each other."""
     options = config.storage()
-    pool_uris, pool_features = read_embeddings(FeatureStore(config.store, options), "pool")
+    pool_uris, pool_dims = scan_embeddings(FeatureStore(config.store, options), "pool")  # no [N, D] in memory
     test_uris, test_features = read_embeddings(FeatureStore(config.test_store, options), "test split")
-    if pool_features.shape[1] != test_features.shape[1]:
+    if pool_dims != test_features.shape[1]:
         raise OracleLabelsError(
-            f"the pool's embeddings have {pool_features.shape[1]} dimensions and the test split's {test_features.shape[1]}: "
+            f"the pool's embeddings have {pool_dims} dimensions and the test split's {test_features.shape[1]}: "
             "featurize both splits with the same model"
         )
     oracle = Oracle(
@@ -97,7 +97,7 @@ def load_data(config: SimulateConfig) -> SimulationData:
         test_labels=read_oracle_labels(config.test_labels, test_uris, "test split", options),
     )
     test_targets = oracle.class_indices([oracle.test_labels[uri] for uri in test_uris])
-    return SimulationData(config.store, pool_uris, pool_features, test_features, test_targets, oracle)
+    return SimulationData(config.store, pool_uris, None, test_features, test_targets, oracle, pool_options=options)
 
 
 def run_simulation(config: SimulateConfig) -> pa.Table:

@@ -126,7 +126,8 @@ def circle_table(synth, scale: float = 3.0):
     return synth.table(uris, embedding[:, None, :], embedding), uris, embedding
 
 
-def test_purity_rule_through_run_selection(tmp_path, make_store, synth):
+@pytest.mark.ray
+def test_purity_rule_through_run_selection(ray_session, tmp_path, make_store, synth):
     table, uris, _ = circle_table(synth)
     store = make_store(table, rows_per_shard=4)
     out = str(tmp_path / "sel.parquet")
@@ -147,7 +148,8 @@ def test_purity_rule_through_run_selection(tmp_path, make_store, synth):
     assert json.load(open(out + ".config.json"))["stats"]["delta"] == 1.65
 
 
-def test_run_selection_with_delta_matches_the_reference(tmp_path, make_store, synth):
+@pytest.mark.ray
+def test_run_selection_with_delta_matches_the_reference(ray_session, tmp_path, make_store, synth):
     rng = np.random.default_rng(1)
     embedding = (rng.standard_normal((120, 6)) + 0.5).astype(np.float32)
     uris = synth.uris(120, 1)
@@ -167,7 +169,8 @@ def test_run_selection_with_delta_matches_the_reference(tmp_path, make_store, sy
     assert stats["delta"] == 0.9 and stats["delta_source"] == "--delta" and stats["coverage_by_labeled"] > 0
 
 
-def test_bad_inputs(tmp_path, make_store, synth):
+@pytest.mark.ray
+def test_bad_inputs(ray_session, tmp_path, make_store, synth):
     table, uris, embedding = circle_table(synth)
     store = make_store(table)
     base = dict(store=store, out=str(tmp_path / "s.parquet"), budget=3, method="probcover")

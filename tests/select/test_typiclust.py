@@ -12,6 +12,7 @@ from raysel.cli import main
 from raysel.config import SelectConfig
 from raysel.select import BudgetError, LabeledError, SelectionConfigError, run_selection
 from raysel.select.pool import kmeans as pool_kmeans
+from raysel.select.pool import typicality as pool_typicality
 from raysel.select.methods import typiclust
 from raysel.select.pool.kmeans import seeded_kmeans
 from raysel.select.methods.typiclust import typicality, typiclust_reference
@@ -80,16 +81,17 @@ def test_typicality_by_hand_and_against_brute_force(monkeypatch):
     expected = brute_force_typicality(data)
     np.testing.assert_allclose(typicality(data), expected, rtol=1e-9)
     np.testing.assert_allclose(typicality(data, neighbours=3), brute_force_typicality(data, 3), rtol=1e-9)
-    monkeypatch.setattr(typiclust, "ROW_BLOCK", 7)  # the blocked path gives the same numbers
+    monkeypatch.setattr(pool_typicality, "ROW_BLOCK", 7)  # the blocked path gives the same numbers
     np.testing.assert_allclose(typicality(data), expected, rtol=1e-9)
 
 
 @pytest.mark.pure
 def test_picks_the_most_typical_image_of_the_largest_uncovered_clusters():
-    # labeled: one image of D -> 1 + 3 = 4 clusters = the four groups; D is covered (and tiny)
+    # labeled: one image of D -> 1 + 3 = 4 clusters = the four groups; D is covered, B (5) and D (2) are tiny
+    # (<= 5 images: the paper's code drops them), so A gets its second pick before B its first
     picks = typiclust_reference(on_a_line(LINE), LINE_URIS, 3, labeled=["x10000"])
-    assert [p.uri for p in picks] == ["x00003", "x01004", "x00102"]  # A (7), C (6), B (5); C's 1004/1006 tie -> 1004
-    np.testing.assert_allclose([p.score for p in picks], [1 / 2, 1 / 3.6, 1 / 1.5])
+    assert [p.uri for p in picks] == ["x00003", "x01004", "x00002"]  # A (7), C (6), A; C's 1004/1006 and A's 2/4 tie
+    np.testing.assert_allclose([p.score for p in picks], [1 / 2, 1 / 3.6, 6 / 13])
 
 
 @pytest.mark.pure
@@ -109,16 +111,18 @@ def test_one_pick_per_blob_largest_first_and_its_densest_point(seed):
 
 @pytest.mark.pure
 def test_labeled_clusters_come_last_and_labeled_images_are_never_picked():
-    # 2 labeled + 3 = 5 clusters, capped at 4 = the groups. A and D hold a labeled image: C, B first,
-    # then A again (D is tiny), whose most typical image 3 is labeled: 2 and 4 tie (1 / (13/6)) -> x00002.
+    # 2 labeled + 3 = 5 clusters, capped at 4 = the groups. A and D hold a labeled image: C first, then A
+    # (larger than C once both hold one), whose most typical image 3 is labeled: 2 and 4 tie (1 / (13/6)) -> x00002.
     picks = typiclust_reference(on_a_line(LINE), LINE_URIS, 3, labeled=["x10000", "x00003"], max_clusters=4)
-    assert [p.uri for p in picks] == ["x01004", "x00102", "x00002"]
-    np.testing.assert_allclose(picks[2].score, 6 / 13)
-    # more picks than clusters: second picks go round the clusters in the same order
-    more = typiclust_reference(on_a_line(LINE), LINE_URIS, 6, labeled=["x10000", "x00003"], max_clusters=4)
-    assert [p.uri for p in more[:3]] == ["x01004", "x00102", "x00002"]
-    assert [p.uri for p in more[3:]] == ["x01006", "x00101", "x00004"]  # C again, B again (101 / 103 tie), A
-    assert len({p.uri for p in more}) == 6 and not {"x10000", "x00003"} & {p.uri for p in more}
+    assert [p.uri for p in picks] == ["x01004", "x00002", "x01006"]
+    np.testing.assert_allclose(picks[1].score, 6 / 13)
+    # every image: the tiny clusters B and D come only once A and C have run out
+    everything = typiclust_reference(on_a_line(LINE), LINE_URIS, len(LINE) - 2, labeled=["x10000", "x00003"], max_clusters=4)
+    group_of = {u: ("A" if x < 100 else "B" if x < 1000 else "C" if x < 10000 else "D") for u, x in zip(LINE_URIS, LINE)}
+    assert [group_of[p.uri] for p in everything[:3]] == ["C", "A", "C"]
+    assert {group_of[p.uri] for p in everything[:12]} == {"A", "C"} and group_of[everything[12].uri] == "B"
+    assert [group_of[p.uri] for p in everything[12:]] == ["B", "B", "D", "B", "B", "B"]  # fewest covered, then largest
+    assert len({p.uri for p in everything}) == len(LINE) - 2 and not {"x10000", "x00003"} & {p.uri for p in everything}
 
 
 @pytest.mark.pure
@@ -149,7 +153,8 @@ def blob_table(synth, sizes=(40, 25, 12), seed=0):
     return synth.table(uris, embedding[:, None, :], embedding), uris, embedding
 
 
-def test_run_selection_on_a_store_matches_the_reference(tmp_path, make_store, synth):
+@pytest.mark.ray
+def test_run_selection_on_a_store_matches_the_reference(ray_session, tmp_path, make_store, synth):
     table, uris, embedding = blob_table(synth)
     store = make_store(table, rows_per_shard=20)  # several shards
     labeled = uris[::30]

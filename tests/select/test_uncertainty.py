@@ -116,3 +116,53 @@ def test_predictions_file_and_errors(make_store, synth, tmp_path):
         select(labeled=write_labels(tmp_path / "unknown.csv", [(uris[0], 0), ("/nowhere.png", 1)]))
     with pytest.raises(BudgetError, match="must be in 1 .. 25"):
         select(budget=26, predictions=predictions, labeled=labeled)
+
+
+def test_predictions_that_do_not_match_the_store_are_clear_errors(make_store, synth, tmp_path):
+    from raysel.select.supervision.labels import PredictionsError
+
+    table, _ = grouped_table(synth, count=30)
+    store = make_store(table)
+    uris = table.column("uri").to_pylist()
+    probs = np.random.default_rng(2).dirichlet(np.ones(3), size=len(uris)).astype(np.float32)
+    flat = pa.FixedSizeListArray.from_arrays(pa.array(probs.reshape(-1), pa.float32()), 3)
+    out = str(tmp_path / "never.parquet")
+
+    def predictions(name, rows, values):
+        path = str(tmp_path / f"{name}.parquet")
+        pq.write_table(pa.table({"uri": pa.array(rows, pa.string()), "probs": values}), path)
+        return path
+
+    def select(path, into=out, **values):
+        return run_selection(SelectConfig(store=store, out=into, budget=4, method="uncertainty", predictions=path, **values))
+
+    good = predictions("good", uris, flat)  # a fixed-size list column of float32, read from its Arrow buffers
+    picked = select(good, into=str(tmp_path / "picked.parquet")).column("uri").to_pylist()
+    entropy = acquisition_scores(probs.astype(np.float64), "entropy")
+    assert picked == [uris[i] for i in np.lexsort((np.array(uris), -entropy))[:4]]
+    with pytest.raises(UnknownUriError, match="does not have"):
+        select(predictions("stranger", uris[:-1] + ["s3://elsewhere/x.jpg"], flat))
+    with pytest.raises(PredictionsError, match="no probabilities for 1 image"):
+        select(predictions("short", uris[:-1], flat.slice(0, len(uris) - 1)))
+    with pytest.raises(PredictionsError, match="has 3 classes"):
+        select(good, labeled=write_labels(tmp_path / "labels.csv", [(uris[0], 0), (uris[1], 7)]))
+    assert not list(tmp_path.glob("never*"))  # nothing written by the failed runs
+
+
+@pytest.mark.ray
+@pytest.mark.torch
+def test_linear_head_scores_shards_on_ray_tasks(ray_session, make_store, synth, tmp_path):
+    table, groups = grouped_table(synth)
+    store = make_store(table, rows_per_shard=20)
+    uris = table.column("uri").to_pylist()
+    labels = write_labels(tmp_path / "labels.csv", [(u, int(g)) for u, g in list(zip(uris, groups))[:12]])
+    runs = {}
+    for shards in (1, 3):
+        out = str(tmp_path / f"sel-{shards}.parquet")
+        runs[shards] = run_selection(SelectConfig(store=store, out=out, budget=15, method="uncertainty", labeled=labels, shards=shards))
+    for shards in (3,):  # the driver's stream (1) and the tasks' per-shard tops merged pick the same
+        assert runs[shards].column("uri").to_pylist() == runs[1].column("uri").to_pylist()
+        np.testing.assert_allclose(runs[shards].column("score").to_pylist(), runs[1].column("score").to_pylist(), rtol=1e-12)
+    import json
+
+    assert json.load(open(str(tmp_path / "sel-3.parquet") + ".config.json"))["stats"]["scored_on_shards"] == 3

@@ -1,12 +1,12 @@
 """`probcover`: ProbCover (Yehuda, Dekel, Hacohen, Weinshall, "Active Learning Through a Covering Lens", NeurIPS 2022).
 
-    raysel select STORE --method probcover --budget 100 [--delta 0.6] [--labeled labels.csv] --out next.parquet
+    raysel select STORE --method probcover --budget 100 [--delta 0.6] [--labeled labels.csv] [--shards 2] --out next.parquet
 
 Cover the pool with balls of radius delta around the picked images:
 
 1. The store's `embedding`s are L2-normalized; x and y are neighbours when
    |x - y| < delta (every image is in its own ball). Neighbourhoods are sparse
-   (faiss range search, `ball_graph.py`).
+   (faiss range search, then an exact float64 check of each pair: `pool/ball_graph.py`).
 2. Labeled images cover their balls first.
 3. Greedy: pick the unlabeled image whose ball holds the most not-yet-covered
    images (ties: the smallest uri); everything in its ball is now covered.
@@ -15,16 +15,31 @@ Cover the pool with balls of radius delta around the picked images:
 
 Score column: the images newly covered by the pick (0 for the random ones).
 
-delta (`--delta`), or the paper's purity rule: K-Means (seeded) cuts the normalized
-pool into `--purity-clusters` clusters (the paper: the number of classes); a ball is
-pure when every image in it shares its center's cluster, i.e. when the nearest image
-of another cluster is at least delta away. delta is the largest value of DELTA_GRID
-(0.01, 0.02, ..., 2.00: the distances between unit vectors) whose balls are pure for at
-least `--purity-alpha` (0.95) of the images.
+delta (`--delta`), or the paper's purity rule, measured on a seeded sample of at most
+PURITY_SAMPLE images: K-Means (seeded) on the sample cuts the pool into
+`--purity-clusters` clusters (every image goes to its nearest center); a sample
+image's ball is pure when every pool image in it shares its cluster, i.e. when the
+nearest pool image of another cluster is at least delta away. delta is the largest value
+of DELTA_GRID (0.01, 0.02, ..., 2.00: the distances between unit vectors) whose balls are
+pure for at least `--purity-alpha` (0.95) of the sample. The sample's balls are measured
+against the whole pool, so this estimates the pool's purity without bias (on pools up to
+PURITY_SAMPLE images it is the paper's rule exactly).
 
-Cost: the graph is an exact brute-force range search, O(N^2 x D) time and O(edges)
-memory (the purity rule's nearest-other-cluster search is the same order); the
-greedy is O(edges + budget x N). Everything runs in the driver.
+`--purity-clusters` default: min(1000, sample / 20). The paper uses the number of
+classes; with K-Means clusters fewer than the true classes, clusters merge classes, balls
+that cross classes count as pure and delta comes out too large, which the paper shows
+hurts far more than a delta slightly too small. 1000 suits ImageNet-scale class counts;
+20 sample images per cluster keep the clusters meaningful on small pools.
+
+How it distributes (`--shards S`, pool/sharded.py): each shard actor holds N / S unit
+vectors. The graph: in S rounds, shard i range-searches its rows against shard
+(i + r) mod S's (object store, never the driver), keeping the neighbour lists of its own
+rows; no process ever forms an N x N product or holds more than two shards. The greedy:
+the driver holds one counter per image (uncovered images in its ball) and a covered
+flag; each pick asks the shards for the ball of the winner and for the neighbours of
+the newly covered images (2 round trips a pick). Cost: O(N^2 x D / S) per shard for the
+exact graph, O(edges) memory over the shards, O(N) on the driver, O(budget x N) greedy.
+Same picks for any S, and the same as `probcover_reference`.
 """
 from __future__ import annotations
 
@@ -34,28 +49,24 @@ import numpy as np
 import pyarrow as pa
 
 from raysel.config import SelectConfig
-from raysel.select.pool.ball_graph import ball_neighbours, distance_to_other_cluster, gather
 from raysel.select.base import Pick, SelectionContext, SelectionMethod, selection_table
-from raysel.select.pool.embedding_pool import EmbeddingPool, make_pool, read_pool
 from raysel.select.errors import InvalidVectorError, SelectionConfigError
-from raysel.select.pool.kmeans import seeded_kmeans
+from raysel.select.pool.ball_graph import distance_to_other_cluster
+from raysel.select.pool.embedding_pool import PoolIndex
+from raysel.select.pool.kmeans import kmeans_with_centers
+from raysel.select.pool.sharded import PoolGroup, open_memory_pool, open_store_pool
 from raysel.select.registry import register_method
 from raysel.store import FeatureStore
 
 DELTA_GRID = np.round(np.arange(1, 201) * 0.01, 2)  # 0.01 .. 2.00
 MAX_DELTA = 2.0  # unit vectors are at most 2 apart
+PURITY_SAMPLE = 20_000  # images whose balls the purity rule measures
+PURITY_MAX_CLUSTERS = 1000  # --purity-clusters default: at most this many ...
+PURITY_IMAGES_PER_CLUSTER = 20  # ... and at least this many sample images per cluster
 
 
 class NoPureDeltaError(SelectionConfigError):
     """No delta of the grid gives balls pure enough: pass --delta or lower --purity-alpha."""
-
-
-def normalized(pool: EmbeddingPool) -> np.ndarray:
-    """[N, D] float32 unit vectors; InvalidVectorError for a zero embedding."""
-    norms = np.linalg.norm(pool.vectors.astype(np.float64), axis=1)
-    if (norms == 0).any():
-        raise InvalidVectorError(f"the embedding of {pool.uris[int(np.argmin(norms))]} is zero: it has no direction")
-    return (pool.vectors / norms[:, None]).astype(np.float32)
 
 
 def purity(distance_to_other: np.ndarray, deltas: np.ndarray) -> np.ndarray:
@@ -65,9 +76,9 @@ def purity(distance_to_other: np.ndarray, deltas: np.ndarray) -> np.ndarray:
     return 1.0 - impure / len(ordered)
 
 
-def purity_delta(vectors: np.ndarray, labels: np.ndarray, alpha: float, grid: np.ndarray = DELTA_GRID) -> tuple[float, float]:
+def delta_of_purity(distance_to_other: np.ndarray, alpha: float, grid: np.ndarray = DELTA_GRID) -> tuple[float, float]:
     """(delta, its purity): the largest delta of `grid` whose balls are pure for at least `alpha` of the points."""
-    curve = purity(distance_to_other_cluster(vectors, labels), grid)
+    curve = purity(distance_to_other, grid)
     passing = np.flatnonzero(curve >= alpha)
     if not len(passing):
         raise NoPureDeltaError(
@@ -78,25 +89,67 @@ def purity_delta(vectors: np.ndarray, labels: np.ndarray, alpha: float, grid: np
     return float(grid[best]), float(curve[best])
 
 
-def probcover_picks(pool: EmbeddingPool, vectors: np.ndarray, budget: int, delta: float, seed: int) -> tuple[list[Pick], dict]:
-    """ProbCover's picks from a checked pool (rows sorted by uri) with `vectors` [N, D] used as they are."""
-    count = len(pool.uris)
-    indptr, neighbours = ball_neighbours(vectors, delta)
-    uncovered_in_ball = np.diff(indptr) + 1  # the image itself is in its ball
+def purity_delta(vectors: np.ndarray, labels: np.ndarray, alpha: float, grid: np.ndarray = DELTA_GRID) -> tuple[float, float]:
+    """`delta_of_purity` of in-memory vectors [N, D] with cluster labels [N]."""
+    return delta_of_purity(distance_to_other_cluster(vectors, labels), alpha, grid)
+
+
+def purity_clusters_for(requested: int | None, sample: int) -> int:
+    """--purity-clusters, or its default min(1000, sample / 20) (at least 2)."""
+    if requested is not None:
+        return requested
+    return max(2, min(PURITY_MAX_CLUSTERS, sample // PURITY_IMAGES_PER_CLUSTER))
+
+
+def purity_sample(count: int, seed: int) -> np.ndarray:
+    """Sorted ids of the purity rule's sample: every image of a pool up to PURITY_SAMPLE."""
+    if count <= PURITY_SAMPLE:
+        return np.arange(count, dtype=np.int64)
+    return np.sort(np.random.default_rng([seed, 11]).choice(count, size=PURITY_SAMPLE, replace=False)).astype(np.int64)
+
+
+def purity_delta_on_pool(group: PoolGroup, index: PoolIndex, clusters: int | None, alpha: float, seed: int) -> tuple[float, dict]:
+    """The purity rule over a (normalized) pool: (delta, figures)."""
+    sample_ids = purity_sample(index.count, seed)
+    found = group.call("rows_of", sample_ids)
+    ids = np.concatenate([part[0] for part in found])
+    sample = np.ascontiguousarray(np.concatenate([part[1] for part in found])[np.argsort(ids, kind="stable")])
+    used = purity_clusters_for(clusters, len(sample))
+    labels, mean, centers, _ = kmeans_with_centers(sample, used, seed)
+    group.call("assign", group.put(centers), mean)
+    distances = np.min(group.call("nearest_other_cluster", group.put(sample), group.put(labels)), axis=0)
+    delta, ball_purity = delta_of_purity(distances, alpha)
+    return delta, {
+        "delta_source": "purity rule", "purity": ball_purity, "purity_clusters": int(len(np.unique(labels))),
+        "purity_sample": len(sample),
+    }
+
+
+def probcover_on_pool(group: PoolGroup, index: PoolIndex, budget: int, delta: float, seed: int) -> tuple[list[Pick], dict]:
+    """ProbCover's picks from a numbered, checked pool whose vectors are used as they are."""
+    count = index.count
+    pairs = group.round_robin("ball_search", float(delta))
+    uncovered_in_ball = np.ones(count, dtype=np.int64)  # the image itself is in its ball
+    for ids, degree in group.call("finish_graph"):
+        uncovered_in_ball[ids] += degree
     covered = np.zeros(count, dtype=bool)
+
+    def neighbours(rows: np.ndarray) -> np.ndarray:
+        return np.concatenate(group.call("neighbours_of", np.asarray(rows, dtype=np.int64)) + [np.zeros(0, np.int64)])
 
     def cover(rows: np.ndarray) -> None:
         rows = np.unique(rows)
         rows = rows[~covered[rows]]
         covered[rows] = True
         np.subtract.at(uncovered_in_ball, rows, 1)
-        np.subtract.at(uncovered_in_ball, gather(indptr, neighbours, rows), 1)  # y leaves the ball of each neighbour
+        np.subtract.at(uncovered_in_ball, neighbours(rows), 1)  # y leaves the ball of each neighbour
 
-    labeled_rows = np.flatnonzero(pool.labeled)
-    cover(np.concatenate([labeled_rows, gather(indptr, neighbours, labeled_rows)]))
+    labeled_rows = np.flatnonzero(index.labeled)
+    if len(labeled_rows):
+        cover(np.concatenate([labeled_rows, neighbours(labeled_rows)]))
     coverage_labeled = float(covered.mean())
 
-    eligible = ~pool.labeled
+    eligible = ~index.labeled
     picks: list[Pick] = []
     while len(picks) < budget:
         gains = np.where(eligible, uncovered_in_ball, -1)
@@ -104,28 +157,45 @@ def probcover_picks(pool: EmbeddingPool, vectors: np.ndarray, budget: int, delta
         if gains[best] <= 0:
             break  # every image is covered
         eligible[best] = False
-        picks.append(Pick(pool.uris[best], float(gains[best])))
-        cover(np.concatenate([[best], neighbours[indptr[best] : indptr[best + 1]]]))
+        picks.append(Pick(index.uri(best), float(gains[best])))
+        cover(np.concatenate([[best], neighbours(np.array([best]))]))
     covering_picks = len(picks)
     rest = np.random.default_rng(seed).choice(np.flatnonzero(eligible), size=budget - len(picks), replace=False)
-    picks.extend(Pick(pool.uris[int(row)], 0.0) for row in rest)
+    picks.extend(Pick(index.uri(int(row)), 0.0) for row in rest)
     figures = {
         "delta": delta,
-        "edges": int(len(neighbours) // 2),
+        "edges": int(sum(pairs) // 2),
         "coverage_by_labeled": coverage_labeled,
         "coverage": float(covered.mean()),
         "covering_picks": covering_picks,
         "random_picks": len(rest),
+        "shards": group.num_shards,
     }
     return picks, figures
 
 
 def probcover_reference(
-    vectors: np.ndarray, uris: Sequence[str], budget: int, delta: float, labeled: Sequence[str] = (), seed: int = 0
+    vectors: np.ndarray, uris: Sequence[str], budget: int, delta: float, labeled: Sequence[str] = (), seed: int = 0, shards: int = 1
 ) -> list[Pick]:
-    """ProbCover on in-memory vectors [N, D], used as given (the method normalizes the store's embeddings first)."""
-    pool = make_pool(vectors, uris, labeled, budget)
-    return probcover_picks(pool, pool.vectors, budget, delta, seed)[0]
+    """ProbCover on in-memory vectors [N, D], used as given (the method normalizes the store's embeddings first).
+
+    `shards` cuts the rows into that many in-process shards: the picks do not change.
+    """
+    group, index = open_memory_pool(vectors, uris, labeled, budget, shards)
+    return probcover_on_pool(group, index, budget, delta, seed)[0]
+
+
+def select_on_pool(group: PoolGroup, index: PoolIndex, config: SelectConfig) -> tuple[list[Pick], dict]:
+    """Normalize, delta (given or by the purity rule), then the greedy: what the method runs on its shards."""
+    zero = [row for row in group.call("normalize") if row >= 0]
+    if zero:
+        raise InvalidVectorError(f"the embedding of {index.uri(min(zero))} is zero: it has no direction")
+    figures: dict = {"delta_source": "--delta"}
+    delta = config.delta
+    if delta is None:
+        delta, figures = purity_delta_on_pool(group, index, config.purity_clusters, config.purity_alpha, config.seed)
+    picks, graph_figures = probcover_on_pool(group, index, config.budget, delta, config.seed)
+    return picks, {**figures, **graph_figures}
 
 
 @register_method("probcover")
@@ -141,20 +211,17 @@ class ProbCoverMethod(SelectionMethod):
             raise SelectionConfigError(f"--delta must be in (0, {MAX_DELTA}] (distances between unit vectors), got {config.delta}")
         if not 0.0 < config.purity_alpha <= 1.0:
             raise SelectionConfigError(f"--purity-alpha must be in (0, 1], got {config.purity_alpha}")
-        if not isinstance(config.purity_clusters, int) or config.purity_clusters < 2:
+        if config.purity_clusters is not None and (not isinstance(config.purity_clusters, int) or config.purity_clusters < 2):
             raise SelectionConfigError(f"--purity-clusters must be >= 2, got {config.purity_clusters}")
 
     def select(self, config: SelectConfig, store: FeatureStore, context: SelectionContext) -> pa.Table:
         self.validate(config)
-        pool = read_pool(store, context.labeled, config)
-        unit = normalized(pool)
-        figures: dict = {"delta_source": "--delta"}
-        delta = config.delta
-        if delta is None:
-            labels, _ = seeded_kmeans(unit, config.purity_clusters, config.seed)
-            delta, ball_purity = purity_delta(unit, labels, config.purity_alpha)
-            figures = {"delta_source": "purity rule", "purity": ball_purity, "purity_clusters": int(len(np.unique(labels)))}
-        picks, graph_figures = probcover_picks(pool, unit, config.budget, delta, config.seed)
+        group, index = open_store_pool(store, config.shards, context.labeled, config.budget, f"labeled file {config.labeled!r}")
+        try:
+            picks, figures = select_on_pool(group, index, config)
+            shard_stats = group.stats()
+        finally:
+            group.close()
         context.record(picks)
-        context.stats.update(images=len(pool.uris), labeled=int(pool.labeled.sum()), picks=len(picks), **figures, **graph_figures)
+        context.stats.update(images=index.count, labeled=int(index.labeled.sum()), picks=len(picks), shard_stats=shard_stats, **figures)
         return selection_table(picks)

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
+from raysel import schema
 from raysel.config import SelectConfig
 from raysel.select.base import Pick, SelectionContext, SelectionMethod, selection_table
 from raysel.select.errors import BudgetError, SelectionConfigError
 from raysel.select.supervision.labels import check_known
 from raysel.select.supervision.posteriors import build_posteriors, iter_rows, store_uris
 from raysel.select.registry import register_method
+from raysel.select.pool.store_rows import RowSlice, load_rows, plan_shards
 from raysel.store import FeatureStore
 
 ACQUISITIONS = ("entropy", "margin", "least-confidence")
@@ -49,8 +52,52 @@ def most_uncertain(uris: list[str], probabilities: np.ndarray, acquisition: str,
 
 def _top(uris: list[str], score: np.ndarray, acquisition: str, budget: int) -> list[Pick]:
     sign = 1.0 if acquisition == "margin" else -1.0  # small margins first; high entropy / 1 - p_max first
-    order = sorted(range(len(uris)), key=lambda i: (sign * float(score[i]), uris[i]))[:budget]
+    if not uris:
+        return []
+    order = np.lexsort((np.asarray(uris, dtype=str), sign * np.asarray(score, dtype=np.float64)))[:budget]
     return [Pick(uris[i], float(score[i])) for i in order]
+
+
+SCORE_CHUNK_ROWS = 65_536  # rows a scoring task holds at once
+
+
+def _chunks(slices: list[RowSlice]) -> list[list[RowSlice]]:
+    return [
+        [RowSlice(piece.file, start, min(start + SCORE_CHUNK_ROWS, piece.stop))]
+        for piece in slices
+        for start in range(piece.start, piece.stop, SCORE_CHUNK_ROWS)
+    ]
+
+
+def score_slices(store_uri: str, options, slices: list[RowSlice], probe, acquisition: str, labeled: pa.Array, budget: int) -> list[Pick]:
+    """The `budget` most uncertain unlabeled images among some rows of the store (runs in a Ray task)."""
+    store = FeatureStore(store_uri, options)
+    best: list[Pick] = []
+    for chunk in _chunks(slices):
+        uris, vectors = load_rows(store, chunk, schema.EMBEDDING)
+        keep = np.flatnonzero(~pc.is_in(pa.array(uris, pa.string()), value_set=labeled).to_numpy(zero_copy_only=False))
+        if not len(keep):
+            continue
+        score = acquisition_scores(probe.predict_proba(vectors[keep, 0, :]), acquisition)
+        merged = np.concatenate([np.array([pick.score for pick in best], dtype=np.float64), score])
+        best = _top([pick.uri for pick in best] + [uris[i] for i in keep], merged, acquisition, budget)
+    return best
+
+
+def top_on_shards(store: FeatureStore, shards: int, probe, acquisition: str, labeled: pa.Array, budget: int) -> list[Pick]:
+    """The linear head scores the store's rows on `shards` Ray tasks (each its top `budget`); the driver merges."""
+    import ray
+
+    from raysel.runtime import ensure_ray
+
+    ensure_ray()
+    plan = plan_shards(store, shards)
+    cpus = min(1.0, float(ray.cluster_resources().get("CPU", 1.0)) / shards)
+    task = ray.remote(score_slices).options(num_cpus=cpus)
+    probe_ref, labeled_ref = ray.put(probe), ray.put(labeled)
+    parts = ray.get([task.remote(store.uri, store.options, slices, probe_ref, acquisition, labeled_ref, budget) for slices in plan])
+    merged = [pick for part in parts for pick in part]
+    return _top([p.uri for p in merged], np.array([p.score for p in merged], dtype=np.float64), acquisition, budget)
 
 
 @register_method("uncertainty")
@@ -76,11 +123,21 @@ class UncertaintyMethod(SelectionMethod):
                 f"{len(labeled)} labeled"
             )
         posteriors = build_posteriors(config, store, known, "uncertainty")
+        labeled_array = pa.array(sorted(labeled), pa.string())
+        if posteriors.probe is not None and config.shards > 1:
+            best = top_on_shards(store, config.shards, posteriors.probe, config.acquisition, labeled_array, config.budget)
+            context.record(best)
+            context.stats.update(
+                images=len(uris), labeled=len(labeled), acquisition=config.acquisition, scores=posteriors.source,
+                classes=len(posteriors.classes), picks=len(best), scored_on_shards=config.shards,
+            )
+            return selection_table(best)
         # Stream the store, keeping the best `budget` so far: memory stays O(budget + shard).
         best: list[Pick] = []
         for part, vectors in iter_rows(store, embeddings=posteriors.needs_embeddings):
-            rows = [i for i, uri in enumerate(part) if uri not in labeled]
-            if not rows:
+            keep = ~pc.is_in(pa.array(part, pa.string()), value_set=labeled_array).to_numpy(zero_copy_only=False)
+            rows = np.flatnonzero(keep)
+            if not len(rows):
                 continue
             candidates = [part[i] for i in rows]
             probabilities = posteriors.predict(candidates, vectors[rows] if vectors is not None else None)

@@ -1,46 +1,98 @@
-"""Sparse delta-ball neighbourhoods with faiss (exact, brute force, float32 distances).
+"""Sparse delta-ball neighbourhoods, computed piece by piece so no process holds N x N.
 
-`ball_neighbours` returns, for every point, the other points closer than delta
-(strictly), as CSR arrays: memory O(edges), never N x N. The graph is made
-symmetric by construction: each pair is found once (from its lower row) and
-stored in both directions, so rounding cannot make y a neighbour of x but not x of y.
+The kernels take one block of query rows and one block of base rows (the whole
+pool in the single-process reference; one shard's rows against another shard's
+on the actors) and return the pairs closer than delta:
+
+1. faiss range search (exact, brute-force L2, float32) with a slightly larger radius
+   proposes candidate pairs;
+2. each candidate's distance is recomputed as sum((x - y)^2) in float64, element by
+   element, and kept when below delta^2. That number depends only on the two vectors,
+   never on the index layout, the block or the shard: the graph is symmetric and the
+   same on 1 or many shards.
+
+Memory: O(edges) plus O(QUERY_BLOCK x neighbours) transient; time O(queries x base x D).
 """
 from __future__ import annotations
 
 import faiss
 import numpy as np
 
+from raysel.select.pool.blas import single_threaded
+
 QUERY_BLOCK = 4096  # query rows per faiss call: bounds the transient result size
+CANDIDATE_MARGIN = 1e-4  # extra squared radius for the float32 search; exact float64 check after
+RECHECK_VALUES = 1 << 22  # pair x dimension values re-checked at a time (32 MB of float64 per operand)
+NEAREST_CANDIDATES = 32  # kNN depth tried before an exhaustive search for the nearest other-cluster point
 
 
+def exact_squared(queries: np.ndarray, base: np.ndarray, query_rows: np.ndarray, base_rows: np.ndarray) -> np.ndarray:
+    """[pairs] float64 sum((queries[q] - base[b])^2), element-wise (independent of any blocking)."""
+    out = np.empty(len(query_rows), dtype=np.float64)
+    block = max(1, RECHECK_VALUES // max(queries.shape[1], 1))
+    for start in range(0, len(query_rows), block):
+        stop = start + block
+        difference = queries[query_rows[start:stop]].astype(np.float64) - base[base_rows[start:stop]].astype(np.float64)
+        out[start:stop] = (difference * difference).sum(axis=1)
+    return out
+
+
+def ball_pairs(queries: np.ndarray, query_ids: np.ndarray, base: np.ndarray, base_ids: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pairs (query row, base id) with |query - base| < delta, a point never its own neighbour.
+
+    Args:
+        queries: [q, D] float32; query_ids: [q] int64 global ids.
+        base: [b, D] float32; base_ids: [b] int64 global ids.
+
+    Returns:
+        query rows [pairs] int64 (positions in `queries`), neighbour ids [pairs] int64.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    base = np.ascontiguousarray(base, dtype=np.float32)
+    if not len(queries) or not len(base):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    index = faiss.IndexFlatL2(base.shape[1])
+    index.add(base)
+    limit = float(delta) ** 2
+    radius = limit + CANDIDATE_MARGIN * max(limit, 1.0)
+    rows_out, ids_out = [], []
+    for start in range(0, len(queries), QUERY_BLOCK):
+        block = queries[start : start + QUERY_BLOCK]
+        lims, _, found = index.range_search(block, radius)
+        rows = np.repeat(np.arange(start, start + len(block), dtype=np.int64), np.diff(lims.astype(np.int64)))
+        found = found.astype(np.int64)
+        keep = query_ids[rows] != base_ids[found]
+        rows, found = rows[keep], found[keep]
+        keep = exact_squared(queries, base, rows, found) < limit
+        rows_out.append(rows[keep])
+        ids_out.append(base_ids[found[keep]])
+    return np.concatenate(rows_out), np.concatenate(ids_out)
+
+
+def csr(rows: np.ndarray, targets: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
+    """CSR arrays (indptr [count + 1] int64, indices ascending per row) of the pairs (rows, targets)."""
+    order = np.lexsort((targets, rows))
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=count))]).astype(np.int64)
+    dtype = np.int32 if (not len(targets) or targets.max() < 2**31) else np.int64
+    return indptr, targets[order].astype(dtype)
+
+
+@single_threaded
 def ball_neighbours(vectors: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
-    """Neighbours within Euclidean distance < delta, the point itself left out.
+    """The whole graph of in-memory vectors: neighbours within distance < delta, the point itself left out.
 
     Args:
         vectors: [N, D] float.
         delta: the ball radius, > 0.
 
     Returns:
-        indptr [N + 1] int64 and indices [edges] (int32 below 2^31 points): the neighbours of
-        row i are indices[indptr[i]:indptr[i + 1]], ascending.
+        indptr [N + 1] int64 and indices [edges]: the neighbours of row i are
+        indices[indptr[i]:indptr[i + 1]], ascending.
     """
     points = np.ascontiguousarray(vectors, dtype=np.float32)
-    count = len(points)
-    index = faiss.IndexFlatL2(points.shape[1])
-    index.add(points)
-    index_dtype = np.int32 if count < 2**31 else np.int64
-    sources, targets = [], []
-    for start in range(0, count, QUERY_BLOCK):
-        lims, _, found = index.range_search(points[start : start + QUERY_BLOCK], float(delta) ** 2)
-        rows = np.repeat(np.arange(start, start + len(lims) - 1, dtype=np.int64), np.diff(lims.astype(np.int64)))
-        upper = found > rows  # each pair once, from its lower row; drops the point itself
-        sources.append(rows[upper].astype(index_dtype))
-        targets.append(found[upper].astype(index_dtype))
-    source = np.concatenate([np.concatenate(sources), np.concatenate(targets)]) if sources else np.zeros(0, index_dtype)
-    target = np.concatenate([np.concatenate(targets), np.concatenate(sources)]) if sources else np.zeros(0, index_dtype)
-    order = np.lexsort((target, source))
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(source, minlength=count))]).astype(np.int64)
-    return indptr, target[order]
+    ids = np.arange(len(points), dtype=np.int64)
+    rows, targets = ball_pairs(points, ids, points, ids, delta)
+    return csr(rows, targets, len(points))
 
 
 def gather(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -53,17 +105,41 @@ def gather(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> np.ndar
     return indices[offsets]
 
 
+@single_threaded
+def nearest_other_cluster(queries: np.ndarray, query_labels: np.ndarray, base: np.ndarray, base_labels: np.ndarray) -> np.ndarray:
+    """[q] float64 exact distance from each query to the nearest base point of another cluster (inf: none).
+
+    faiss finds the nearest candidates (kNN, then an exhaustive search per cluster for
+    queries whose candidates all share their cluster); the distance is then recomputed
+    in float64 (`exact_squared`), so the value does not depend on how the base is cut.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    base = np.ascontiguousarray(base, dtype=np.float32)
+    query_labels, base_labels = np.asarray(query_labels), np.asarray(base_labels)
+    best = np.full(len(queries), -1, dtype=np.int64)
+    if not len(queries) or not len(base):
+        return np.full(len(queries), np.inf)
+    index = faiss.IndexFlatL2(base.shape[1])
+    index.add(base)
+    _, found = index.search(queries, min(NEAREST_CANDIDATES, len(base)))
+    other = (found >= 0) & (base_labels[np.maximum(found, 0)] != query_labels[:, None])
+    resolved = other.any(axis=1)
+    best[resolved] = found[resolved, other[resolved].argmax(axis=1)]
+    for cluster in np.unique(query_labels[~resolved]):
+        wanted = np.flatnonzero(~resolved & (query_labels == cluster))
+        outside = np.flatnonzero(base_labels != cluster)
+        if not len(outside):
+            continue
+        sub = faiss.IndexFlatL2(base.shape[1])
+        sub.add(base[outside])
+        _, nearest = sub.search(queries[wanted], 1)
+        best[wanted] = outside[nearest[:, 0]]
+    distance = np.full(len(queries), np.inf)
+    hit = best >= 0
+    distance[hit] = np.sqrt(exact_squared(queries, base, np.flatnonzero(hit), best[hit]))
+    return distance
+
+
 def distance_to_other_cluster(vectors: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """[N] float64 Euclidean distance from each point to the nearest point of another cluster (inf: none)."""
-    points = np.ascontiguousarray(vectors, dtype=np.float32)
-    labels = np.asarray(labels)
-    distance = np.full(len(points), np.inf)
-    for cluster in np.unique(labels):
-        inside = labels == cluster
-        if inside.all():
-            continue
-        index = faiss.IndexFlatL2(points.shape[1])
-        index.add(points[~inside])
-        squared, _ = index.search(points[inside], 1)
-        distance[inside] = np.sqrt(np.maximum(squared[:, 0].astype(np.float64), 0.0))
-    return distance
+    return nearest_other_cluster(vectors, labels, vectors, labels)

@@ -1,8 +1,10 @@
-"""The whole pool's global embeddings in driver memory, for methods that cluster or build graphs on them.
+"""The driver's view of a sharded embedding pool: every uri in sorted order, and the checks.
 
-Rows are sorted by uri, so results depend on the images and their vectors only,
-not on how the store's files are laid out, and "lowest row index" means
-"smallest uri" wherever ties are broken. Memory: N x D float32.
+Rows get a global id: their rank in uri order over the whole pool. Results then
+depend on the images and their vectors only, not on how the store's files or the
+shards are laid out, and "lowest id" means "smallest uri" wherever ties are broken.
+The driver holds the sorted uris (Arrow, ~60 bytes an image), a labeled flag per
+image and the per-dimension range; the vectors stay on the shards.
 """
 from __future__ import annotations
 
@@ -10,72 +12,93 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from raysel.config import SelectConfig
-from raysel.select.errors import (
-    BudgetError,
-    DuplicateUriError,
-    EmptyStoreError,
-    InconsistentVectorsError,
-    InvalidVectorError,
-)
-from raysel.select.supervision.labels import check_known
-from raysel.select.supervision.posteriors import iter_rows
-from raysel.store import FeatureStore
+from raysel.select.errors import BudgetError, DuplicateUriError, EmptyStoreError, InconsistentVectorsError, InvalidVectorError, SelectionError
+from raysel.select.supervision.labels import UnknownUriError
+
+
+class IdenticalVectorsError(SelectionError):
+    """Every embedding of the pool is the same vector: clusters and balls say nothing."""
 
 
 @dataclass
-class EmbeddingPool:
-    """uris [N] sorted, vectors [N, D] float32 in that order, labeled [N] bool."""
+class PoolIndex:
+    """uris [N] sorted (Arrow), labeled [N] bool, dims, low / high [D] per-dimension range."""
 
-    uris: list[str]
-    vectors: np.ndarray
+    uris: pa.Array
     labeled: np.ndarray
+    dims: int
+    low: np.ndarray
+    high: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return len(self.uris)
+
+    def uri(self, row: int) -> str:
+        return self.uris[int(row)].as_py()
 
 
-def make_pool(vectors: np.ndarray, uris: Sequence[str], labeled: Sequence[str], budget: int, what: str = "labeled uris") -> EmbeddingPool:
-    """Sort rows by uri and check them: unique uris, finite vectors, known labeled uris, budget <= unlabeled."""
-    uris = [str(uri) for uri in uris]
-    vectors = np.asarray(vectors, dtype=np.float32)
-    if vectors.ndim != 2 or len(vectors) != len(uris):
-        raise ValueError(f"vectors must be [N, D] with N = {len(uris)} uris, got shape {vectors.shape}")
-    if not uris:
-        raise EmptyStoreError("the pool has no images")
-    if len(set(uris)) != len(uris):
-        seen: set[str] = set()
-        duplicates = [u for u in uris if u in seen or seen.add(u)]
-        raise DuplicateUriError(f"{len(duplicates)} uri(s) appear on more than one row, e.g. {duplicates[:3]}")
-    bad = ~np.isfinite(vectors).all(axis=1)
-    if bad.any():
-        raise InvalidVectorError(f"the embedding of {uris[int(np.argmax(bad))]} has NaN or infinite values")
-    labeled_set = set(labeled)
-    check_known(sorted(labeled_set), set(uris), what)
-    unlabeled = len(uris) - len(labeled_set)
+def check_budget(budget: int, images: int, labeled: int) -> None:
+    unlabeled = images - labeled
     if budget < 1 or budget > unlabeled:
-        raise BudgetError(
-            f"--budget {budget} must be in 1 .. {unlabeled}: {len(uris)} images in the pool, {len(labeled_set)} labeled"
-        )
-    order = sorted(range(len(uris)), key=uris.__getitem__)
-    sorted_uris = [uris[i] for i in order]
-    return EmbeddingPool(
-        uris=sorted_uris,
-        vectors=np.ascontiguousarray(vectors[order]),
-        labeled=np.array([uri in labeled_set for uri in sorted_uris], dtype=bool),
-    )
+        raise BudgetError(f"--budget {budget} must be in 1 .. {unlabeled}: {images} images in the pool, {labeled} labeled")
 
 
-def read_pool(store: FeatureStore, labeled: Sequence[str], config: SelectConfig) -> EmbeddingPool:
-    """Every row's `embedding` from the store, checked as in `make_pool`."""
-    store.metadata()  # a clear error when `store` is not a feature store
-    uris: list[str] = []
-    parts: list[np.ndarray] = []
-    for part_uris, part_vectors in iter_rows(store, embeddings=True):
-        uris.extend(part_uris)
-        parts.append(part_vectors)
-    if not uris:
-        raise EmptyStoreError(f"the feature store {store.uri} has no rows")
-    dims = {part.shape[1] for part in parts if len(part)}
+def index_pool(summaries: Sequence[dict], labeled: Sequence[str], budget: int, what: str = "labeled uris", source: str = "the pool") -> tuple[PoolIndex, list[np.ndarray], np.ndarray]:
+    """Check the shards' rows and number them.
+
+    Args:
+        summaries: `PoolShard.summary()` of every shard, in shard order.
+        labeled: already-labeled uris; what: how to name them in errors.
+
+    Returns:
+        (the index, each shard's row ids in its store order, the labeled ids sorted).
+
+    Raises:
+        EmptyStoreError, InconsistentVectorsError, InvalidVectorError (naming a uri),
+        DuplicateUriError, UnknownUriError, BudgetError, IdenticalVectorsError.
+    """
+    parts = [summary["uris"] for summary in summaries]
+    uris = pa.concat_arrays([part.cast(pa.string()) for part in parts]) if parts else pa.array([], pa.string())
+    if not len(uris):
+        raise EmptyStoreError(f"{source} has no images")
+    if uris.null_count:
+        raise EmptyStoreError(f"{source} has rows without a uri")
+    dims = {summary["dims"] for summary, part in zip(summaries, parts) if len(part)}
     if len(dims) > 1:
-        raise InconsistentVectorsError(f"{store.uri}: embeddings of different dimensions {sorted(dims)} across shards")
-    vectors = np.concatenate([part for part in parts if len(part)])
-    return make_pool(vectors, uris, labeled, config.budget, f"labeled file {config.labeled!r}")
+        raise InconsistentVectorsError(f"{source}: embeddings of different dimensions {sorted(dims)} across shards")
+    bad = sorted(uri for summary in summaries for uri in summary["bad_uris"])
+    if bad:
+        raise InvalidVectorError(f"the embedding of {bad[0]} has NaN or infinite values")
+    order = pc.sort_indices(uris).to_numpy()
+    sorted_uris = uris.take(pa.array(order))
+    if len(sorted_uris) > 1:
+        same = pc.equal(sorted_uris.slice(1), sorted_uris.slice(0, len(sorted_uris) - 1)).to_numpy(zero_copy_only=False)
+        if same.any():
+            duplicates = sorted({sorted_uris[int(i) + 1].as_py() for i in np.flatnonzero(same)[:3]})
+            raise DuplicateUriError(f"{int(same.sum())} uri(s) appear on more than one row, e.g. {duplicates}")
+    labeled_array = pa.array(sorted(set(labeled)), pa.string())
+    positions = pc.index_in(labeled_array, value_set=sorted_uris).to_numpy(zero_copy_only=False)
+    if len(labeled_array) and np.isnan(positions.astype(np.float64)).any():
+        unknown = [labeled_array[int(i)].as_py() for i in np.flatnonzero(np.isnan(positions.astype(np.float64)))]
+        shown = ", ".join(unknown[:5]) + (f", ... ({len(unknown)} in all)" if len(unknown) > 5 else "")
+        raise UnknownUriError(f"{what} names images the feature store does not have: {shown}")
+    labeled_ids = np.sort(positions.astype(np.int64)) if len(labeled_array) else np.zeros(0, dtype=np.int64)
+    check_budget(budget, len(uris), len(labeled_ids))
+    low = np.min([s["low"] for s, part in zip(summaries, parts) if len(part)], axis=0)
+    high = np.max([s["high"] for s, part in zip(summaries, parts) if len(part)], axis=0)
+    if len(uris) > 1 and np.array_equal(low, high):
+        raise IdenticalVectorsError(
+            f"all {len(uris)} embeddings of {source} are the same vector: there is nothing to cluster or cover "
+            "(was the store featurized with a broken model?)"
+        )
+    rank = np.empty(len(uris), dtype=np.int64)
+    rank[order] = np.arange(len(uris), dtype=np.int64)
+    bounds = np.cumsum([0] + [len(part) for part in parts])
+    shard_ids = [rank[bounds[i] : bounds[i + 1]] for i in range(len(parts))]
+    flags = np.zeros(len(uris), dtype=bool)
+    flags[labeled_ids] = True
+    return PoolIndex(sorted_uris, flags, dims.pop(), low, high), shard_ids, labeled_ids

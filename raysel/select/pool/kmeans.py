@@ -1,50 +1,65 @@
-"""Seeded Euclidean K-Means over a whole pool of embeddings (typiclust's clusters, probcover's purity rule).
+"""Seeded Euclidean K-Means whose every step gives the same numbers on 1 or many shards.
 
-- init: greedy k-means++ as in scikit-learn: the first center uniformly at random;
-  for each next one, 2 + ln(k) candidates are drawn with probability proportional to
-  the squared distance to the nearest center so far, and the one that lowers the sum
-  of those distances most is kept. Random draws from `numpy.random.default_rng(seed)`.
-- step: assign each point to its nearest center (ties: the lowest center index),
-  then move each center to the mean of its points; a center left without points
-  stays where it is.
-- stop: when no assignment changes, or after `max_iters` steps.
+Pure kernels, shared by the single-process reference (`seeded_kmeans`) and the
+distributed run over pool shard actors (`pool/sharded.py`, `distributed_kmeans`):
 
-Points are held as float64 (centred on their mean) while it runs: memory N x D x 8 bytes,
-plus O(block x k). Time: O(k x log k x N x D) for the init, O(iterations x N x k x D) for the steps.
-Same points in the same order and the same seed give the same labels.
+- init (`init_sample`, `kmeans_plus_plus`): greedy k-means++ as in scikit-learn, run on a
+  seeded sample of the pool (rows chosen by their position in uri order, at most
+  max(INIT_SAMPLE_MIN, INIT_SAMPLE_PER_CLUSTER x k) rows; the whole pool when smaller):
+  the first center uniformly at random, then 2 + ln(k) candidates drawn with probability
+  proportional to the squared distance to the nearest center so far, keeping the one that
+  lowers the sum of those distances most. Points are centred on the sample's mean.
+- assignment (`nearest_center`): each point to its nearest center (ties: the lowest
+  index), with one BLAS product per block of exactly ROW_BLOCK rows (the last block is
+  zero-padded), so a row's distances never depend on which rows share its block or shard.
+- update (`cluster_sums`, `updated_centers`): cluster sums are accumulated in fixed point
+  (int64, a power-of-two scale chosen from the data's range and the pool size so nothing
+  overflows): integer addition is associative, so per-shard sums reduced on the driver
+  equal the single-process sums bit for bit. A center left without points stays.
+- stop: when at most KMEANS_TOLERANCE of the points change cluster (0 changes on pools
+  under 10,000 images), or, above EXACT_BELOW points, when the squared center shifts sum to
+  at most 1e-4 x the sample's mean variance (scikit-learn's rule), or after `max_iters`
+  steps. Labels are the assignment to the final centers.
+
+Memory per shard: its rows (float32) + O(ROW_BLOCK x k). Time per step: O(N x k x D) in
+BLAS float32, spread over the shards; init O(k x log k x sample x D) on the driver.
 """
 from __future__ import annotations
 
+import math
+from typing import Callable
+
 import numpy as np
 
+from raysel.select.pool.blas import single_threaded
+
 KMEANS_MAX_ITERS = 100
-ROW_BLOCK = 4096
+KMEANS_TOLERANCE = 1e-4  # stop when at most this fraction of points changed cluster in a step
+KMEANS_SHIFT_TOLERANCE = 1e-4  # ... or (pools above EXACT_BELOW) the centers moved this little (x mean variance)
+EXACT_BELOW = 10_000  # pools up to this size run Lloyd to no change at all
+INIT_SAMPLE_MIN = 10_000
+INIT_SAMPLE_PER_CLUSTER = 40
+ROW_BLOCK = 1024
+SUM_BLOCK = 65_536  # rows per fixed-point block: 2^16 x 2^26 (a low half) stays below 2^53
+LOW_BITS = 26
+LOW_MASK = (1 << LOW_BITS) - 1
 
 
-def nearest_center(points: np.ndarray, norms: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[N] int64 index of each point's nearest center and [N] float64 squared distance to it.
-
-    Args:
-        points: [N, D] float64; norms: [N] their squared norms; centers: [k, D] float64.
-    """
-    center_norms = (centers * centers).sum(axis=1)
-    labels = np.empty(len(points), dtype=np.int64)
-    squared = np.empty(len(points), dtype=np.float64)
-    for start in range(0, len(points), ROW_BLOCK):
-        stop = min(start + ROW_BLOCK, len(points))
-        distances = norms[start:stop, None] - 2.0 * (points[start:stop] @ centers.T) + center_norms[None, :]
-        nearest = distances.argmin(axis=1)
-        labels[start:stop] = nearest
-        squared[start:stop] = np.maximum(distances[np.arange(stop - start), nearest], 0.0)
-    return labels, squared
+def init_sample(count: int, clusters: int, seed: int) -> np.ndarray:
+    """Sorted row positions (in uri order) of the k-means++ sample: all rows of a small pool."""
+    size = min(count, max(INIT_SAMPLE_MIN, INIT_SAMPLE_PER_CLUSTER * clusters))
+    if size == count:
+        return np.arange(count, dtype=np.int64)
+    return np.sort(np.random.default_rng([seed, 7]).choice(count, size=size, replace=False)).astype(np.int64)
 
 
-def kmeans_plus_plus(points: np.ndarray, norms: np.ndarray, clusters: int, rng: np.random.Generator) -> np.ndarray:
-    """[clusters, D] float64 initial centers drawn from `points` ([N, D] float64, squared norms [N]) by greedy k-means++."""
+def kmeans_plus_plus(points: np.ndarray, clusters: int, rng: np.random.Generator) -> np.ndarray:
+    """[clusters, D] float64 initial centers drawn from `points` ([n, D] float64) by greedy k-means++."""
     count = len(points)
+    norms = (points * points).sum(axis=1)
     trials = 2 + int(np.log(clusters))
 
-    def squared_to(rows: np.ndarray) -> np.ndarray:  # [len(rows), N] squared distances
+    def squared_to(rows: np.ndarray) -> np.ndarray:  # [len(rows), n] squared distances
         return np.maximum(norms[rows, None] - 2.0 * (points[rows] @ points.T) + norms[None, :], 0.0)
 
     chosen = [int(rng.integers(count))]
@@ -63,39 +78,184 @@ def kmeans_plus_plus(points: np.ndarray, norms: np.ndarray, clusters: int, rng: 
     return points[chosen].copy()
 
 
-def seeded_kmeans(points: np.ndarray, clusters: int, seed: int, max_iters: int = KMEANS_MAX_ITERS) -> tuple[np.ndarray, int]:
-    """K-Means labels of `points`.
+@single_threaded
+def initial_centers(sample: np.ndarray, clusters: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [D] float64 of the sample, [min(clusters, n), D] float64 k-means++ centers, centred on it)."""
+    points = np.asarray(sample, dtype=np.float64)
+    mean = points.mean(axis=0)
+    centred = points - mean
+    return mean, kmeans_plus_plus(centred, min(clusters, len(points)), np.random.default_rng(seed))
+
+
+def nearest_center(points: np.ndarray, mean: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[n] int64 nearest center of each point and [n] float64 squared distance to it.
 
     Args:
-        points: [N, D] float (held as float64, centred on their mean, while it runs).
+        points: [n, D] float32, raw (centred on `mean` here, block by block).
+        mean: [D] float64; centers: [k, D] float64, centred.
+    """
+    count, dims = points.shape
+    centers32 = np.ascontiguousarray(centers, dtype=np.float32)
+    center_norms = (centers32.astype(np.float64) ** 2).sum(axis=1)
+    labels = np.empty(count, dtype=np.int64)
+    squared = np.empty(count, dtype=np.float64)
+    block = np.zeros((ROW_BLOCK, dims), dtype=np.float32)
+    for start in range(0, count, ROW_BLOCK):
+        stop = min(start + ROW_BLOCK, count)
+        centred = points[start:stop].astype(np.float64) - mean
+        block[: stop - start] = centred
+        block[stop - start :] = 0.0
+        dots = (block @ centers32.T)[: stop - start].astype(np.float64)
+        row_norms = (block[: stop - start].astype(np.float64) ** 2).sum(axis=1)
+        distances = row_norms[:, None] - 2.0 * dots + center_norms[None, :]
+        nearest = distances.argmin(axis=1)
+        labels[start:stop] = nearest
+        squared[start:stop] = np.maximum(distances[np.arange(stop - start), nearest], 0.0)
+    return labels, squared
+
+
+def fixed_point_scale(max_abs: float, count: int) -> float:
+    """A power of two s with max_abs x s x count < 2^61: int64 sums of round(x * s) cannot overflow."""
+    bound = max(float(max_abs), 1e-30) * max(int(count), 1)
+    return float(2.0 ** (61 - math.ceil(math.log2(bound)) - 1))
+
+
+def cluster_sums(points: np.ndarray, mean: np.ndarray, labels: np.ndarray, clusters: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """([k, D] int64 fixed-point sums of the centred points per cluster, [k] int64 counts)."""
+    count, dims = points.shape
+    sums = np.zeros((clusters, dims), dtype=np.int64)
+    for start in range(0, count, SUM_BLOCK):
+        stop = min(start + SUM_BLOCK, count)
+        fixed = np.rint((points[start:stop].astype(np.float64) - mean) * scale).astype(np.int64)
+        block_labels = labels[start:stop]
+        # exact integer sums via float64 bincounts of 26-bit halves: every partial sum stays below 2^53
+        low = (fixed & LOW_MASK).astype(np.float64)
+        high = (fixed >> LOW_BITS).astype(np.float64)
+        for dim in range(dims):
+            low_sum = np.bincount(block_labels, weights=low[:, dim], minlength=clusters).astype(np.int64)
+            high_sum = np.bincount(block_labels, weights=high[:, dim], minlength=clusters).astype(np.int64)
+            sums[:, dim] += (high_sum << LOW_BITS) + low_sum
+    return sums, np.bincount(labels, minlength=clusters).astype(np.int64)
+
+
+def updated_centers(centers: np.ndarray, sums: np.ndarray, counts: np.ndarray, scale: float) -> np.ndarray:
+    """Each center moved to the mean of its points (fixed-point sums); empty clusters stay."""
+    moved = centers.copy()
+    filled = counts > 0
+    moved[filled] = (sums[filled].astype(np.float64) / scale) / counts[filled, None]
+    return moved
+
+
+AssignStep = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, int]]
+
+
+def lloyd(
+    step: AssignStep, centers: np.ndarray, count: int, scale: float, max_iters: int = KMEANS_MAX_ITERS, shift_tolerance: float = 0.0
+) -> tuple[np.ndarray, int]:
+    """Lloyd's iterations given `step(centers) -> (sums, counts, changed)` over the whole pool.
+
+    `step` assigns every point to its nearest of `centers`, keeps those labels, and returns
+    the fixed-point sums and counts of that assignment and how many labels changed (every
+    point counts as changed on the first call). Stops when at most KMEANS_TOLERANCE of the
+    points changed or, on pools above EXACT_BELOW points, when the centers moved by at most
+    `shift_tolerance` (sum of squared shifts, scikit-learn's rule). Returns (final centers,
+    steps run); the labels `step` kept last are the assignment to the final centers.
+    """
+    sums, counts, _ = step(centers)
+    steps = 0
+    while steps < max_iters:
+        steps += 1
+        moved = updated_centers(centers, sums, counts, scale)
+        shift = float(((moved - centers) ** 2).sum())
+        centers = moved
+        sums, counts, changed = step(centers)
+        if changed <= KMEANS_TOLERANCE * count or (count > EXACT_BELOW and shift <= shift_tolerance):
+            break
+    return centers, steps
+
+
+def shift_tolerance_of(sample: np.ndarray) -> float:
+    """scikit-learn's tol x mean per-dimension variance, from the k-means++ sample."""
+    return float(KMEANS_SHIFT_TOLERANCE * np.asarray(sample, dtype=np.float64).var(axis=0).mean()) if len(sample) else 0.0
+
+
+def max_abs_centred(low: np.ndarray, high: np.ndarray, mean: np.ndarray) -> float:
+    """The largest |x - mean| any point can have, from per-dimension min and max."""
+    return float(np.maximum(np.abs(high - mean), np.abs(low - mean)).max()) if len(mean) else 0.0
+
+
+def seeded_kmeans(points: np.ndarray, clusters: int, seed: int, max_iters: int = KMEANS_MAX_ITERS) -> tuple[np.ndarray, int]:
+    """K-Means labels of in-memory `points` (the single-process form of `distributed_kmeans`).
+
+    Args:
+        points: [N, D] float (used as float32), rows in the order that breaks ties (uri order).
         clusters: k; at most N are used.
-        seed: seeds the k-means++ init.
+        seed: seeds the sample and the k-means++ init.
         max_iters: most Lloyd steps.
 
     Returns:
         ([N] int64 cluster index per point, Lloyd steps run).
     """
+    labels, _, _, steps = kmeans_with_centers(points, clusters, seed, max_iters)
+    return labels, steps
+
+
+@single_threaded
+def kmeans_with_centers(points: np.ndarray, clusters: int, seed: int, max_iters: int = KMEANS_MAX_ITERS) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(labels [N], mean [D], centred centers [k, D], steps) of `seeded_kmeans`."""
     if clusters < 1:
         raise ValueError(f"K-Means needs at least one cluster, got {clusters}")
+    points = np.ascontiguousarray(points, dtype=np.float32)
     if len(points) == 0:
-        return np.zeros(0, dtype=np.int64), 0
-    points = np.asarray(points, dtype=np.float64)
-    points = points - points.mean(axis=0)  # centred: less cancellation in |x|^2 - 2 x.c + |c|^2
-    norms = (points * points).sum(axis=1)
-    rng = np.random.default_rng(seed)
-    k = min(clusters, len(points))
-    centers = kmeans_plus_plus(points, norms, k, rng)
-    labels = nearest_center(points, norms, centers)[0]
-    steps = 0
-    while steps < max_iters:
-        steps += 1
-        counts = np.bincount(labels, minlength=k)
-        sums = np.zeros_like(centers)
-        np.add.at(sums, labels, points)
-        filled = counts > 0
-        centers[filled] = sums[filled] / counts[filled, None]
-        updated = nearest_center(points, norms, centers)[0]
-        if np.array_equal(updated, labels):
-            break
-        labels = updated
-    return labels, steps
+        return np.zeros(0, dtype=np.int64), np.zeros(points.shape[1:]), np.zeros((0,) + points.shape[1:]), 0
+    sample = points[init_sample(len(points), clusters, seed)]
+    mean, centers = initial_centers(sample, clusters, seed)
+    tolerance = shift_tolerance_of(sample)
+    scale = fixed_point_scale(max_abs_centred(points.min(axis=0), points.max(axis=0), mean), len(points))
+    state = {"labels": None}
+
+    def step(current: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        labels, _ = nearest_center(points, mean, current)
+        previous = state["labels"]
+        changed = len(labels) if previous is None else int((labels != previous).sum())
+        state["labels"] = labels
+        sums, counts = cluster_sums(points, mean, labels, len(current), scale)
+        return sums, counts, changed
+
+    centers, steps = lloyd(step, centers, len(points), scale, max_iters, tolerance)
+    return state["labels"], mean, centers, steps
+
+
+def distributed_kmeans(group, count: int, low: np.ndarray, high: np.ndarray, clusters: int, seed: int, max_iters: int = KMEANS_MAX_ITERS) -> tuple[np.ndarray, np.ndarray, int]:
+    """`kmeans_with_centers` over a `PoolGroup` (pool/sharded.py): the same centers, labels kept on the shards.
+
+    The driver gathers the k-means++ sample (rows by id), then each Lloyd step sends the
+    centers once to every shard and adds up their fixed-point sums and counts.
+
+    Args:
+        group: the pool's shards; count: N; low / high: [D] per-dimension range of the pool.
+
+    Returns:
+        (mean [D], centred centers [k, D] float64, Lloyd steps run); each shard's `labels`
+        hold its rows' clusters.
+    """
+    if clusters < 1:
+        raise ValueError(f"K-Means needs at least one cluster, got {clusters}")
+    sample_ids = init_sample(count, clusters, seed)
+    found = group.call("rows_of", sample_ids)
+    ids = np.concatenate([part[0] for part in found])
+    sample = np.concatenate([part[1] for part in found])[np.argsort(ids, kind="stable")]
+    mean, centers = initial_centers(sample, clusters, seed)
+    tolerance = shift_tolerance_of(sample)
+    del sample
+    scale = fixed_point_scale(max_abs_centred(low, high, mean), count)
+    group.call("reset_labels")
+
+    def step(current: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        results = group.call("kmeans_step", group.put(current), mean, scale)
+        sums = np.sum([r[0] for r in results], axis=0)
+        counts = np.sum([r[1] for r in results], axis=0)
+        return sums, counts, int(sum(r[2] for r in results))
+
+    centers, steps = lloyd(step, centers, count, scale, max_iters, tolerance)
+    return mean, centers, steps

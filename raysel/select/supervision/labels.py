@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from raysel import schema, storage
 from raysel.select.errors import LabeledError, SelectionError
@@ -104,18 +105,11 @@ def read_labels(uri: str, options: StorageOptions | None = None) -> LabeledSet:
     return LabeledSet(uris=list(seen), labels=list(seen.values()))
 
 
-def read_predictions(
-    uri: str, options: StorageOptions | None = None, logits: bool = False
-) -> tuple[list[str], np.ndarray]:
-    """(uris [N], probabilities [N, K] float64) of a predictions file, validated.
+VALIDATE_BLOCK = 65_536  # prediction rows checked at a time (bounds the float64 temporaries)
 
-    With `logits=True` the columns hold raw logits (`--predictions-logits`): any
-    finite numbers, no [0, 1] or sum-to-1 check.
-    """
-    table = read_table(uri, options, "predictions file")
-    uris = _uris_of(table, uri, "predictions file")
-    if len(set(uris)) != len(uris):
-        raise PredictionsError(f"predictions file {uri!r} lists an image more than once")
+
+def _probability_matrix(table: pa.Table, uri: str) -> np.ndarray:
+    """[N, K] probabilities straight from the Arrow buffers (float32 or float64 as stored; no Python floats)."""
     prob_columns = sorted(
         (int(match.group(1)), name) for name in table.column_names if (match := PROB_COLUMN.match(name))
     )
@@ -131,38 +125,79 @@ def read_predictions(
         for (_, name), column in zip(prob_columns, columns):
             if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
                 raise PredictionsError(f"predictions file {uri!r}: column {name} holds {column.type}, not numbers")
-        probs = np.stack([column.to_numpy(zero_copy_only=False).astype(np.float64) for column in columns], axis=1)
-    elif PROBS in table.column_names:
-        rows = table.column(PROBS).to_pylist()
-        lengths = {len(row) if row is not None else -1 for row in rows}
-        if len(lengths) > 1 or -1 in lengths:
+        dtype = np.float32 if all(pa.types.is_float32(c.type) or pa.types.is_float16(c.type) for c in columns) else np.float64
+        probs = np.empty((table.num_rows, len(columns)), dtype=dtype)
+        for k, column in enumerate(columns):
+            probs[:, k] = column.to_numpy(zero_copy_only=False)
+        return probs
+    if PROBS in table.column_names:
+        column = table.column(PROBS)
+        column = column.combine_chunks() if column.num_chunks else pa.array([], type=column.type)
+        if not (pa.types.is_list(column.type) or pa.types.is_large_list(column.type) or pa.types.is_fixed_size_list(column.type)):
+            raise PredictionsError(f"predictions file {uri!r}: '{PROBS}' must hold lists of numbers, got {column.type}")
+        if column.null_count:
             raise PredictionsError(f"predictions file {uri!r}: every '{PROBS}' row must hold the same number of classes")
-        try:
-            probs = np.asarray(rows, dtype=np.float64).reshape(len(rows), -1)
-        except (TypeError, ValueError) as exc:
-            raise PredictionsError(f"predictions file {uri!r}: '{PROBS}' must hold lists of numbers ({exc})") from exc
-    else:
-        raise PredictionsError(
-            f"predictions file {uri!r} has no class probabilities: give columns prob_0 .. prob_{{K-1}} "
-            f"or a list column '{PROBS}' (columns: {table.column_names})"
-        )
+        if pa.types.is_fixed_size_list(column.type):
+            width = column.type.list_size
+        else:
+            lengths = np.asarray(column.value_lengths())
+            width = int(lengths[0]) if len(lengths) else 0
+            if len(lengths) and (lengths != width).any():
+                raise PredictionsError(f"predictions file {uri!r}: every '{PROBS}' row must hold the same number of classes")
+        values = column.flatten()
+        if not (pa.types.is_floating(values.type) or pa.types.is_integer(values.type)) or values.null_count:
+            raise PredictionsError(f"predictions file {uri!r}: '{PROBS}' must hold lists of numbers ({values.type})")
+        flat = values.to_numpy(zero_copy_only=False)
+        if flat.dtype not in (np.float32, np.float64):
+            flat = flat.astype(np.float64)
+        return flat.reshape(len(column), width)
+    raise PredictionsError(
+        f"predictions file {uri!r} has no class probabilities: give columns prob_0 .. prob_{{K-1}} "
+        f"or a list column '{PROBS}' (columns: {table.column_names})"
+    )
+
+
+def read_predictions(
+    uri: str, options: StorageOptions | None = None, logits: bool = False
+) -> tuple[pa.Array, np.ndarray]:
+    """(uris [N] Arrow strings, probabilities [N, K] float32/float64 numpy) of a predictions file, validated.
+
+    The probabilities stay in one numpy buffer made from the Arrow columns (never Python
+    floats); the checks run block by block. With `logits=True` the columns hold raw logits
+    (`--predictions-logits`): any finite numbers, no [0, 1] or sum-to-1 check.
+    """
+    table = read_table(uri, options, "predictions file")
+    if schema.URI not in table.column_names:
+        raise LabeledError(f"predictions file {uri!r} has no '{schema.URI}' column (columns: {table.column_names})")
+    uris = table.column(schema.URI).combine_chunks().cast(pa.string())
+    empty = pc.or_kleene(pc.is_null(uris), pc.equal(uris, "")).to_numpy(zero_copy_only=False)
+    if empty.any():
+        raise LabeledError(f"predictions file {uri!r}: row {int(np.argmax(empty))} has no '{schema.URI}'")
+    if pc.count_distinct(uris).as_py() != len(uris):
+        raise PredictionsError(f"predictions file {uri!r} lists an image more than once")
+    probs = _probability_matrix(table, uri)
+    del table
     if probs.shape[1] < 2:
         raise PredictionsError(f"predictions file {uri!r} has {probs.shape[1]} class; need at least 2")
-    if not np.isfinite(probs).all():
-        raise PredictionsError(f"predictions file {uri!r} has NaN or infinite probabilities")
-    if logits:
-        return uris, probs
-    if (probs < -PROBABILITY_TOLERANCE).any() or (probs > 1 + PROBABILITY_TOLERANCE).any():
-        row = int(np.argmax(((probs < -PROBABILITY_TOLERANCE) | (probs > 1 + PROBABILITY_TOLERANCE)).any(axis=1)))
-        raise PredictionsError(f"predictions file {uri!r}: {uris[row]} has a probability outside [0, 1]")
-    sums = probs.sum(axis=1)
-    bad = np.abs(sums - 1.0) > PROBABILITY_TOLERANCE
-    if bad.any():
-        row = int(np.argmax(bad))
-        raise PredictionsError(
-            f"predictions file {uri!r}: the probabilities of {uris[row]} sum to {sums[row]:.6f}, not 1 "
-            f"(tolerance {PROBABILITY_TOLERANCE}); {int(bad.sum())} row(s) in all. Give softmax outputs, or logits with --predictions-logits."
-        )
+    for start in range(0, len(probs), VALIDATE_BLOCK):
+        block = probs[start : start + VALIDATE_BLOCK].astype(np.float64)
+        if not np.isfinite(block).all():
+            raise PredictionsError(f"predictions file {uri!r} has NaN or infinite probabilities")
+        if logits:
+            continue
+        outside = ((block < -PROBABILITY_TOLERANCE) | (block > 1 + PROBABILITY_TOLERANCE)).any(axis=1)
+        if outside.any():
+            row = start + int(np.argmax(outside))
+            raise PredictionsError(f"predictions file {uri!r}: {uris[row].as_py()} has a probability outside [0, 1]")
+        sums = block.sum(axis=1)
+        bad = np.abs(sums - 1.0) > PROBABILITY_TOLERANCE
+        if bad.any():
+            row = int(np.argmax(bad))
+            raise PredictionsError(
+                f"predictions file {uri!r}: the probabilities of {uris[start + row].as_py()} sum to {sums[row]:.6f}, not 1 "
+                f"(tolerance {PROBABILITY_TOLERANCE}); {int(bad.sum())} row(s) in this block of {len(block)}. "
+                "Give softmax outputs, or logits with --predictions-logits."
+            )
     return uris, probs
 
 

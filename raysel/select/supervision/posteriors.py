@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from raysel import schema
 from raysel.config import SelectConfig
@@ -64,9 +66,10 @@ class Posteriors:
     classes: list[Any]
     source: str  # "predictions" or "linear head"
     probe: LinearProbe | None = None
-    table: dict[str, np.ndarray] = field(default_factory=dict)  # uri -> [K] row of --predictions
+    prediction_uris: pa.Array | None = None  # [M] uris of --predictions (Arrow strings)
+    prediction_probs: np.ndarray | None = None  # [M, K] their probabilities (float32 or float64 buffer)
     labeled: list[str] = field(default_factory=list)  # uris with labels (empty with --predictions)
-    table_holds_logits: bool = False  # --predictions-logits: `table` rows are logits, not probabilities
+    table_holds_logits: bool = False  # --predictions-logits: `prediction_probs` rows are logits, not probabilities
 
     @property
     def needs_embeddings(self) -> bool:
@@ -95,15 +98,34 @@ class Posteriors:
         return self._table_rows(uris)
 
     def _table_rows(self, uris: list[str]) -> np.ndarray:
-        missing = [u for u in uris if u not in self.table]
-        if missing:
-            raise PredictionsError(
-                f"the predictions file has no probabilities for {len(missing)} image(s) the method must rank, "
-                f"e.g. {missing[:3]}"
-            )
         if not uris:
             return np.zeros((0, len(self.classes)))
-        return np.stack([self.table[u] for u in uris])
+        found = pc.index_in(pa.array(uris, pa.string()), value_set=self.prediction_uris)
+        missing = found.is_null().to_numpy(zero_copy_only=False)
+        rows = found.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        if missing.any():
+            shown = [uris[i] for i in np.flatnonzero(missing)[:3]]
+            raise PredictionsError(
+                f"the predictions file has no probabilities for {int(missing.sum())} image(s) the method must rank, "
+                f"e.g. {shown}"
+            )
+        return self.prediction_probs[rows].astype(np.float64)
+
+
+def _check_label_classes(config: SelectConfig, classes: int, options) -> None:
+    """PredictionsError when the labeled file's integer labels name a class the predictions do not have."""
+    if not config.labeled:
+        return
+    try:
+        labeled = read_labels(config.labeled, options)
+    except LabelsMissingError:
+        return  # a uri-only labeled file: nothing to compare
+    numbers = [label for label in labeled.labels if isinstance(label, int)]
+    if numbers and (max(numbers) >= classes or min(numbers) < 0):
+        raise PredictionsError(
+            f"the predictions file {config.predictions!r} has {classes} classes (prob_0 .. prob_{classes - 1}) but "
+            f"the labeled file {config.labeled!r} uses label {max(numbers) if max(numbers) >= classes else min(numbers)}"
+        )
 
 
 def build_posteriors(config: SelectConfig, store: FeatureStore, known: set[str], method: str) -> Posteriors:
@@ -119,9 +141,12 @@ def build_posteriors(config: SelectConfig, store: FeatureStore, known: set[str],
     if config.predictions:
         logits = bool(getattr(config, "predictions_logits", False))
         uris, probs = read_predictions(config.predictions, options, logits=logits)
-        check_known(uris, known, f"predictions file {config.predictions!r}")
+        unknown = pc.invert(pc.is_in(uris, value_set=pa.array(list(known), pa.string()))).to_numpy(zero_copy_only=False)
+        if unknown.any():
+            check_known([uris[int(i)].as_py() for i in np.flatnonzero(unknown)], known, f"predictions file {config.predictions!r}")
+        _check_label_classes(config, probs.shape[1], options)
         return Posteriors(
-            classes=list(range(probs.shape[1])), source="predictions", table=dict(zip(uris, probs)),
+            classes=list(range(probs.shape[1])), source="predictions", prediction_uris=uris, prediction_probs=probs,
             table_holds_logits=logits,
         )
     if not config.labeled:
@@ -139,14 +164,19 @@ def build_posteriors(config: SelectConfig, store: FeatureStore, known: set[str],
         )
     wanted = {uri: index for index, uri in enumerate(labeled.uris)}
     features: np.ndarray | None = None
-    for uris, vectors in iter_rows(store, embeddings=True):
-        for row, uri in enumerate(uris):
-            if uri in wanted:
-                if features is None:
-                    features = np.zeros((len(wanted), vectors.shape[1]), dtype=np.float32)
-                if vectors.shape[1] != features.shape[1]:
-                    raise InconsistentVectorsError(f"{store.uri}: embeddings of different dimensions")
-                features[wanted[uri]] = vectors[row]
+    wanted_uris = pa.array(labeled.uris, pa.string())
+    found = 0
+    for uris, vectors in iter_rows(store, embeddings=True):  # one store shard at a time; only labeled rows kept
+        position = pc.index_in(pa.array(uris, pa.string()), value_set=wanted_uris)
+        rows = np.flatnonzero(position.is_valid().to_numpy(zero_copy_only=False))
+        if not len(rows):
+            continue
+        if features is None:
+            features = np.zeros((len(wanted), vectors.shape[1]), dtype=np.float32)
+        if vectors.shape[1] != features.shape[1]:
+            raise InconsistentVectorsError(f"{store.uri}: embeddings of different dimensions")
+        features[position.to_numpy(zero_copy_only=False)[rows].astype(np.int64)] = vectors[rows]
+        found += len(rows)
     if features is None or not np.isfinite(features).all():
         raise InconsistentVectorsError(f"{store.uri}: the labeled images' embeddings are missing or not finite")
     from raysel.select.supervision.probe import fit_linear_probe

@@ -1,0 +1,156 @@
+"""One shard of the embedding pool and everything typiclust and probcover ask of it.
+
+A `PoolShard` holds some of the store's rows: their global ids (the row's rank in
+uri order over the whole pool, so "lowest id" means "smallest uri"), their
+`embedding` [n, D] float32 and per-method state (K-Means labels, the delta-ball
+lists of its own rows). The same class runs in the driver for the single-process
+references (one shard holding everything) and inside a Ray actor per shard
+(`sharded.py`), so both call the same kernels on the same numbers.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from raysel.select.pool import ball_graph, kmeans, typicality
+from raysel.select.pool.store_rows import RowSlice, load_rows
+from raysel.storage import StorageOptions
+from raysel.store import FeatureStore
+
+
+class PoolShard:
+    """Rows of the pool: ids [n] int64 ascending, vectors [n, D] float32, labeled [n] bool."""
+
+    def __init__(self, uris: list[str], vectors: np.ndarray) -> None:
+        self.uris: list[str] | None = list(uris)
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.ids = np.zeros(0, dtype=np.int64)
+        self.labeled = np.zeros(0, dtype=bool)
+        self.labels = np.zeros(0, dtype=np.int64)  # K-Means cluster per row
+        self.indptr = np.zeros(1, dtype=np.int64)  # delta-ball lists of own rows (CSR, global ids)
+        self.neighbours = np.zeros(0, dtype=np.int64)
+        self._pairs: list[tuple[np.ndarray, np.ndarray]] = []
+
+    @classmethod
+    def from_store(cls, store_uri: str, options: StorageOptions, slices: list[RowSlice]) -> "PoolShard":
+        uris, vectors = load_rows(FeatureStore(store_uri, options), slices, "embedding")
+        return cls(uris, vectors[:, 0, :] if vectors.ndim == 3 else vectors)
+
+    # --- set-up ---
+    def summary(self) -> dict:
+        """uris (Arrow, store order), dims, per-dimension min / max, and the uris of non-finite rows."""
+        finite = np.isfinite(self.vectors).all(axis=1) if len(self.vectors) else np.zeros(0, bool)
+        good = self.vectors[finite]
+        dims = self.vectors.shape[1] if self.vectors.ndim == 2 else 0
+        return {
+            "uris": pa.array(self.uris, pa.string()),
+            "dims": dims,
+            "low": good.min(axis=0).astype(np.float64) if len(good) else np.full(dims, np.inf),
+            "high": good.max(axis=0).astype(np.float64) if len(good) else np.full(dims, -np.inf),
+            "bad_uris": sorted(self.uris[i] for i in np.flatnonzero(~finite))[:3],
+        }
+
+    def set_ids(self, ids: np.ndarray, labeled_ids: np.ndarray) -> None:
+        """Give each row (store order) its global id; rows are then kept in id order."""
+        order = np.argsort(ids, kind="stable")
+        self.ids = np.asarray(ids, dtype=np.int64)[order]
+        self.vectors = np.ascontiguousarray(self.vectors[order])
+        self.labeled = np.isin(self.ids, labeled_ids)
+        self.uris = None  # the driver names picks; the shard only needs ids from here on
+
+    def normalize(self) -> int:
+        """Scale rows to unit length (probcover); returns the lowest id of a zero row, or -1."""
+        norms = np.linalg.norm(self.vectors.astype(np.float64), axis=1)
+        zero = np.flatnonzero(norms == 0)
+        if len(zero):
+            return int(self.ids[zero[0]])
+        self.vectors = (self.vectors / norms[:, None]).astype(np.float32)
+        return -1
+
+    def rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, vectors) of the asked ids this shard holds."""
+        position = self._positions(ids)
+        return self.ids[position], self.vectors[position]
+
+    def _positions(self, ids: np.ndarray) -> np.ndarray:
+        """Row positions of those of `ids` this shard holds."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if not len(self.ids) or not len(ids):
+            return np.zeros(0, dtype=np.int64)
+        position = np.minimum(np.searchsorted(self.ids, ids), len(self.ids) - 1)
+        return position[self.ids[position] == ids]
+
+    def value_range(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.vectors.min(axis=0).astype(np.float64), self.vectors.max(axis=0).astype(np.float64)
+
+    # --- K-Means ---
+    def kmeans_step(self, centers: np.ndarray, mean: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray, int]:
+        """Assign rows to their nearest center; (fixed-point sums, counts, labels changed)."""
+        labels, _ = kmeans.nearest_center(self.vectors, mean, centers)
+        changed = len(labels) if len(self.labels) != len(labels) else int((labels != self.labels).sum())
+        self.labels = labels
+        sums, counts = kmeans.cluster_sums(self.vectors, mean, labels, len(centers), scale)
+        return sums, counts, changed
+
+    def reset_labels(self) -> None:
+        self.labels = np.zeros(0, dtype=np.int64)
+
+    def cluster_summary(self, clusters: int, sentinel: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per cluster: rows, labeled rows, lowest id (`sentinel` when none) of this shard."""
+        sizes = np.bincount(self.labels, minlength=clusters)
+        covered = np.bincount(self.labels[self.labeled], minlength=clusters)
+        first = np.full(clusters, sentinel, dtype=np.int64)
+        np.minimum.at(first, self.labels, self.ids)
+        return sizes, covered, first
+
+    def members_for(self, owner_of: np.ndarray, parts: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """This shard's rows of each owner's clusters: per owner (ids, labels, vectors, labeled)."""
+        owner = owner_of[self.labels] if len(self.labels) else np.zeros(0, dtype=np.int64)
+        out = []
+        for part in range(parts):
+            rows = np.flatnonzero(owner == part)
+            out.append((self.ids[rows], self.labels[rows], self.vectors[rows], self.labeled[rows]))
+        return out
+
+    # --- delta-ball graph ---
+    def export(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.ids, self.vectors
+
+    def ball_search(self, delta: float, base: tuple[np.ndarray, np.ndarray]) -> int:
+        """Find this shard's rows' neighbours among `base` (ids, vectors); returns pairs found."""
+        rows, targets = ball_graph.ball_pairs(self.vectors, self.ids, base[1], base[0], delta)
+        self._pairs.append((rows, targets))
+        return len(rows)
+
+    def finish_graph(self) -> tuple[np.ndarray, np.ndarray]:
+        """Build the CSR lists from the pairs found; returns (ids, ball sizes without the row itself)."""
+        rows = np.concatenate([p[0] for p in self._pairs]) if self._pairs else np.zeros(0, np.int64)
+        targets = np.concatenate([p[1] for p in self._pairs]) if self._pairs else np.zeros(0, np.int64)
+        self._pairs = []
+        self.indptr, self.neighbours = ball_graph.csr(rows, targets, len(self.ids))
+        return self.ids, np.diff(self.indptr)
+
+    def neighbours_of(self, ids: np.ndarray) -> np.ndarray:
+        """The neighbour ids of those of `ids` this shard holds, concatenated."""
+        position = self._positions(ids)
+        return ball_graph.gather(self.indptr, self.neighbours, position).astype(np.int64)
+
+    # --- purity rule ---
+    def assign(self, centers: np.ndarray, mean: np.ndarray) -> None:
+        self.labels, _ = kmeans.nearest_center(self.vectors, mean, centers)
+
+    def nearest_other_cluster(self, queries: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
+        return ball_graph.nearest_other_cluster(queries, query_labels, self.vectors, self.labels)
+
+    def vector_bytes(self) -> int:
+        return int(self.vectors.nbytes)
+
+    def typicality_top(self, wanted: dict[int, int], *parts: tuple) -> dict[int, list[tuple[float, int]]]:
+        """The most typical unlabeled images of the clusters this shard owns, from every shard's members."""
+        if not wanted:
+            return {}
+        ids = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+        vectors = np.concatenate([p[2] for p in parts])
+        labeled = np.concatenate([p[3] for p in parts])
+        return typicality.top_of_clusters(wanted, ids, labels, vectors, labeled)

@@ -1,0 +1,139 @@
+"""The sharded embedding pool: typiclust and probcover give their references' picks on 1, 2 and 4 shards."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from raysel.config import SelectConfig
+from raysel.select import BudgetError, InvalidVectorError, run_selection
+from raysel.select.methods import probcover, typiclust
+from raysel.select.methods.probcover import probcover_reference, purity_delta_on_pool
+from raysel.select.methods.typiclust import TooFewImagesError, typiclust_reference
+from raysel.select.pool import kmeans
+from raysel.select.pool.ball_graph import ball_neighbours
+from raysel.select.pool.embedding_pool import IdenticalVectorsError
+from raysel.select.pool.sharded import open_memory_pool
+
+
+def blob_pool(count: int, dims: int = 8, groups: int = 12, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((groups, dims)) * 3
+    return (centers[rng.integers(0, groups, count)] + rng.standard_normal((count, dims))).astype(np.float32)
+
+
+def unit(vectors: np.ndarray) -> np.ndarray:
+    return (vectors / np.linalg.norm(vectors.astype(np.float64), axis=1)[:, None]).astype(np.float32)
+
+
+@pytest.mark.pure
+def test_distributed_kmeans_is_the_single_process_one(monkeypatch):
+    vectors = blob_pool(3000, seed=1)
+    monkeypatch.setattr(kmeans, "INIT_SAMPLE_MIN", 500)  # the init runs on a sample, not the whole pool
+    monkeypatch.setattr(kmeans, "EXACT_BELOW", 1000)  # and Lloyd may stop on the center-shift rule
+    order = np.arange(3000)
+    labels, mean, centers, steps = kmeans.kmeans_with_centers(vectors[order], 30, seed=5)
+    assert len(kmeans.init_sample(3000, 30, 5)) == 1200 and steps >= 2
+    for shards in (2, 3, 4):
+        group, index = open_memory_pool(vectors, [f"u{i:05d}" for i in range(3000)], [], 1, shards)
+        got_mean, got_centers, got_steps = kmeans.distributed_kmeans(group, index.count, index.low, index.high, 30, seed=5)
+        assert got_steps == steps and np.array_equal(got_centers, centers) and np.array_equal(got_mean, mean)
+        assert np.array_equal(np.concatenate([shard.labels for shard in group.shards]), labels)
+
+
+@pytest.mark.pure
+def test_sharded_ball_graph_is_the_whole_one():
+    vectors = unit(blob_pool(1500, seed=2))
+    indptr, neighbours = ball_neighbours(vectors, 0.4)
+    assert len(neighbours) > 3 * len(vectors)
+    for shards in (2, 4):
+        group, _ = open_memory_pool(vectors, [f"u{i:05d}" for i in range(1500)], [], 1, shards)
+        group.round_robin("ball_search", 0.4)
+        group.call("finish_graph")
+        for row in range(0, 1500, 7):
+            got = np.concatenate(group.call("neighbours_of", np.array([row])))
+            assert sorted(got.tolist()) == neighbours[indptr[row] : indptr[row + 1]].tolist()
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("shards", [2, 3, 4])
+def test_in_process_shards_change_nothing(shards, monkeypatch):
+    vectors = blob_pool(2500, seed=3)
+    uris = [f"img-{i:05d}" for i in np.random.default_rng(0).permutation(2500)]
+    labeled = uris[:9]
+    monkeypatch.setattr(kmeans, "INIT_SAMPLE_MIN", 400)
+    assert typiclust_reference(vectors, uris, 25, labeled, seed=2, shards=shards) == typiclust_reference(vectors, uris, 25, labeled, seed=2)
+    points = unit(vectors)
+    assert probcover_reference(points, uris, 40, 0.35, labeled, seed=2, shards=shards) == probcover_reference(points, uris, 40, 0.35, labeled, seed=2)
+    # the purity rule on a sample smaller than the pool: the same delta on any number of shards
+    monkeypatch.setattr(probcover, "PURITY_SAMPLE", 800)
+    one, one_index = open_memory_pool(points, uris, labeled, 1, 1)
+    many, many_index = open_memory_pool(points, uris, labeled, 1, shards)
+    expected = purity_delta_on_pool(one, one_index, 12, 0.9, seed=4)
+    assert purity_delta_on_pool(many, many_index, 12, 0.9, seed=4) == expected and expected[1]["purity_sample"] == 800
+
+
+def write_store(make_store, synth, vectors, uris, rows_per_shard=400):
+    return make_store(synth.table(uris, vectors[:, None, :], vectors), rows_per_shard=rows_per_shard)
+
+
+@pytest.mark.ray
+def test_ray_shards_match_the_references(ray_session, tmp_path, make_store, synth):
+    vectors = blob_pool(2000, seed=4)
+    uris = synth.uris(2000, 4)
+    store = write_store(make_store, synth, vectors, uris)
+    labeled = sorted(uris)[::400]
+    labeled_file = tmp_path / "labeled.csv"
+    labeled_file.write_text("uri\n" + "\n".join(labeled) + "\n")
+    expected_typiclust = typiclust_reference(vectors, uris, 20, labeled, seed=1)
+    expected_probcover = probcover_reference(unit(vectors), uris, 30, 0.3, labeled, seed=1)
+    for shards in (1, 2, 4):
+        base = dict(store=store, budget=20, seed=1, shards=shards, labeled=str(labeled_file))
+        got = run_selection(SelectConfig(**base, method="typiclust", out=str(tmp_path / f"t{shards}.parquet")))
+        assert got.column("uri").to_pylist() == [p.uri for p in expected_typiclust]
+        assert got.column("score").to_pylist() == [p.score for p in expected_typiclust]
+        got = run_selection(SelectConfig(**{**base, "budget": 30}, method="probcover", delta=0.3, out=str(tmp_path / f"p{shards}.parquet")))
+        assert got.column("uri").to_pylist() == [p.uri for p in expected_probcover]
+        assert got.column("score").to_pylist() == [p.score for p in expected_probcover]
+    # (the purity rule through actors: test_probcover.py; across shard counts: test_in_process_shards_change_nothing)
+
+
+@pytest.mark.ray
+def test_bad_pools_are_clear_errors_and_write_nothing(ray_session, tmp_path, make_store, synth):
+    vectors = blob_pool(60, seed=5)
+    uris = synth.uris(60, 5)
+    out = str(tmp_path / "never.parquet")
+    broken = vectors.copy()
+    broken[17, 3] = np.nan
+    store = write_store(make_store, synth, broken, uris, rows_per_shard=25)
+    for method, shards in (("typiclust", 1), ("probcover", 2)):
+        with pytest.raises(InvalidVectorError, match=uris[17]):
+            run_selection(SelectConfig(store=store, out=out, budget=3, method=method, shards=shards))
+    same = write_store(make_store, synth, np.ones_like(vectors), uris, rows_per_shard=25) + "-same"
+    os.rename(same[: -len("-same")], same)
+    for method, shards in (("typiclust", 2), ("probcover", 1)):
+        with pytest.raises(IdenticalVectorsError, match="same vector"):
+            run_selection(SelectConfig(store=same, out=out, budget=3, method=method, shards=shards))
+        with pytest.raises(BudgetError, match="60"):
+            run_selection(SelectConfig(store=same, out=out, budget=61, method=method, shards=2))
+    assert not os.path.exists(out) and not os.path.exists(out + ".config.json")
+    group, index = open_memory_pool(vectors, uris, [], 5)
+    with pytest.raises(TooFewImagesError, match="only 60"):  # more clusters than images (reachable from the Python API)
+        typiclust.typiclust_on_pool(group, index, 61, 500, 0)
+
+
+@pytest.mark.pure
+def test_fixed_point_cluster_sums_are_the_integer_sums():
+    rng = np.random.default_rng(6)
+    points = (rng.standard_normal((5000, 7)) * 40).astype(np.float32)
+    labels = rng.integers(0, 9, 5000)
+    mean = points.astype(np.float64).mean(axis=0)
+    scale = kmeans.fixed_point_scale(kmeans.max_abs_centred(points.min(0), points.max(0), mean), 5000)
+    sums, counts = kmeans.cluster_sums(points, mean, labels, 9, scale)
+    fixed = np.rint((points.astype(np.float64) - mean) * scale).astype(np.int64)
+    expected = np.zeros((9, 7), dtype=np.int64)
+    np.add.at(expected, labels, fixed)
+    assert np.array_equal(sums, expected) and np.array_equal(counts, np.bincount(labels, minlength=9))
+    means = kmeans.updated_centers(np.zeros((9, 7)), sums, counts, scale)
+    np.testing.assert_allclose(means, [(points[labels == c].astype(np.float64) - mean).mean(0) for c in range(9)], atol=1e-9)
