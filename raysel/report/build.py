@@ -41,8 +41,9 @@ def build_report(config: ReportConfig) -> ReportSummary:
         class_histogram_section(selection, config.labels, options),
         accuracy_section(config.simulation, options),
         overlay_section(config, inputs.store, inputs.metadata, selection),
-        duplicates_section(config.duplicates, selection, config.thumbnail_size, options),
     ]
+    if config.duplicates or selection.config.get("exclude"):  # only for selections that left duplicates out
+        sections.append(duplicates_section(config.duplicates, selection, config.thumbnail_size, options))
     facts = {
         "feature store": inputs.store.uri,
         "model": inputs.metadata.get("model", "not recorded"),

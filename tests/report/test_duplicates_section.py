@@ -37,7 +37,7 @@ def test_section_counts_removed_images_and_shows_pairs(tmp_path):
     assert section.count("<img") == 6 and "cosine 0.9900" in section
 
 
-def test_section_says_when_there_is_no_duplicates_file(tmp_path):
+def test_no_duplicates_section_when_the_selection_excluded_nothing(tmp_path):
     paths = write_images(str(tmp_path / "pool"))
     store = str(tmp_path / "store")
     write_pool_store(store, paths)
@@ -45,4 +45,5 @@ def test_section_says_when_there_is_no_duplicates_file(tmp_path):
     write_selection(selection, paths[:2], store, method="coreset")
     out = str(tmp_path / "report.html")
     build_report(ReportConfig(source=store, selection=selection, out=out, overlays=0))
-    assert "No duplicates file" in open(out).read()
+    page = open(out).read()
+    assert '<section id="duplicates">' not in page and '<section id="selection">' in page
