@@ -42,7 +42,6 @@ import importlib.util
 import logging
 import os
 import platform
-import re
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
@@ -55,6 +54,7 @@ import yaml
 
 from raysel import __version__, _dataclass_cli, storage
 from raysel.config import FeaturizeConfig, PretextConfig, RayConfig, SelectConfig
+from raysel.redact import REDACTED, SECRET_NAME, URL_USERINFO, secret_values  # one definition of what a secret is
 
 log = logging.getLogger("raysel.job")
 
@@ -63,9 +63,6 @@ SECTIONS: dict[str, type] = {"featurize": FeaturizeConfig, "select": SelectConfi
 PRETEXT_SECTION = "pretext"
 
 # Environment variables whose values must never reach a file or a log line we write.
-SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|ACCESS_KEY|PRIVATE|API_KEY|SESSION", re.I)
-URL_USERINFO = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
-REDACTED = "***"
 
 
 @dataclass
@@ -170,13 +167,6 @@ def ray_config_for_this_process(config: RayConfig) -> RayConfig:
 
 
 # ----------------------------------------------------------------------------- secrets
-
-
-def secret_values(environ: dict[str, str] | None = None) -> list[str]:
-    """Values of env vars named like credentials (AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, ...)."""
-    environ = os.environ if environ is None else environ
-    values = {value for name, value in environ.items() if SECRET_NAME.search(name) and len(value) >= 4}
-    return sorted(values, key=len, reverse=True)
 
 
 def scrub(value: Any, secrets: list[str] | None = None) -> Any:

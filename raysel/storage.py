@@ -169,6 +169,19 @@ def read_table_file(uri: str, options: StorageOptions | None = None, string_colu
     return pq.read_table(io.BytesIO(raw))
 
 
+def read_uri_table(uri: str, what: str, error: type[Exception], options: StorageOptions | None = None) -> pa.Table:
+    """`read_table_file` of a file that must have a `uri` column; `error` naming `what` (e.g. "selection") otherwise."""
+    try:
+        table = read_table_file(uri, options, string_columns=("uri",))
+    except FileNotFoundError as exc:
+        raise error(f"{what} {uri!r} does not exist") from exc
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise error(f"{what} {uri!r} is not a readable .parquet/.csv table: {exc}") from exc
+    if "uri" not in table.column_names:
+        raise error(f"{what} {uri!r} has no 'uri' column (columns: {table.column_names})")
+    return table
+
+
 def write_json_atomic(uri: str, payload: Any, options: StorageOptions | None = None) -> None:
     write_bytes_atomic(uri, json.dumps(payload, indent=2, sort_keys=True, default=str).encode(), options)
 

@@ -28,14 +28,7 @@ class ExcludeError(SelectionError):
 
 def read_excluded(uri: str, options: StorageOptions | None = None) -> list[str]:
     """Distinct uris of an exclude file (.parquet/.csv with 'uri', e.g. `raysel dedup`'s output), sorted."""
-    try:
-        table = storage.read_table_file(uri, options, string_columns=(schema.URI,))
-    except FileNotFoundError as exc:
-        raise ExcludeError(f"--exclude file {uri!r} does not exist") from exc
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ExcludeError(f"--exclude file {uri!r} is not a readable .parquet/.csv table: {exc}") from exc
-    if schema.URI not in table.column_names:
-        raise ExcludeError(f"--exclude file {uri!r} has no '{schema.URI}' column (columns: {table.column_names})")
+    table = storage.read_uri_table(uri, "--exclude file", ExcludeError, options)
     return sorted({u for u in table.column(schema.URI).to_pylist() if u})
 
 

@@ -5,7 +5,6 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-import pyarrow as pa
 
 from raysel import schema, storage
 from raysel.export.errors import ExportError
@@ -39,14 +38,7 @@ def read_picks(uri: str, options: StorageOptions | None = None) -> Picks:
     Raises:
         ExportError: unreadable file, no `uri` column, empty or repeated uris, no rows.
     """
-    try:
-        table = storage.read_table_file(uri, options, string_columns=(schema.URI,))
-    except FileNotFoundError as exc:
-        raise ExportError(f"selection {uri!r} does not exist") from exc
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ExportError(f"selection {uri!r} is not a readable .parquet/.csv table: {exc}") from exc
-    if schema.URI not in table.column_names:
-        raise ExportError(f"selection {uri!r} has no '{schema.URI}' column (columns: {table.column_names})")
+    table = storage.read_uri_table(uri, "selection", ExportError, options)
     if table.num_rows == 0:
         raise ExportError(f"selection {uri!r} has no rows: nothing to export")
     uris = table.column(schema.URI).to_pylist()
