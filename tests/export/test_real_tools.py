@@ -1,11 +1,11 @@
 """The exports read by the real tools: Label Studio's server (project, import, local files, annotations,
-its own JSON export back through import-labels) and FiftyOne's own importer.
+its own JSON export back through import-labels) and FiftyOne (its importer, and its database).
 
 Label Studio runs from the tools venv (.tools/, scripts/install_labeling_tools.sh) on a free
-loopback port, one server per test session. FiftyOne's database (MongoDB, which the fiftyone-db
-package downloads at install time) cannot be fetched on a machine without internet, so FiftyOne is
-driven as far as it goes without one: its LegacyFiftyOneDataset importer reads the export into
-`fiftyone.Sample`s.
+loopback port, one server per test session. FiftyOne's database is a real MongoDB 6.0 server
+(.tools/mongodb/, see tests/labeling_tools.py for where it comes from) on a free loopback port:
+the export becomes a persistent FiftyOne dataset there, and FiftyOne's brain indexes the exported
+embeddings for its similarity search.
 """
 from __future__ import annotations
 
@@ -135,3 +135,59 @@ def test_fiftyone_importer_reads_the_export_into_samples(tmp_path):
     assert all(s["method"] == "geal" and s["tags"] == ["raysel"] for s in samples)
     assert samples[0]["embedding"] == pytest.approx(vectors[2].tolist(), abs=1e-6)
     assert loaded["info"]["raysel_selection"] == selection
+
+
+FIFTYONE_DATABASE_SCRIPT = r"""
+import json, sys
+import fiftyone as fo
+import fiftyone.brain as fob
+from fiftyone import ViewField as F
+export, name = sys.argv[1], sys.argv[2]
+dataset = fo.Dataset.from_dir(dataset_dir=export, dataset_type=fo.types.LegacyFiftyOneDataset, name=name, persistent=True)
+del dataset
+fo.core.dataset.delete_non_persistent_datasets()
+dataset = fo.load_dataset(name)  # read back from the database, not from the object in memory
+by_rank = dataset.sort_by("rank")
+fob.compute_similarity(dataset, embeddings="embedding", brain_key="raysel_sim", backend="sklearn", metric="euclidean")
+nearest = dataset.sort_by_similarity(by_rank.first().id, k=len(dataset), brain_key="raysel_sim")
+print(json.dumps({"datasets": fo.list_datasets(), "count": len(dataset), "filepaths": by_rank.values("filepath"),
+                  "ranks": by_rank.values("rank"), "methods": dataset.distinct("method"),
+                  "first_rank_only": len(dataset.match(F("rank") < 1)),
+                  "embedding_dims": [len(v) for v in by_rank.values("embedding")],
+                  "nearest_to_rank_0": nearest.values("rank"), "info": dataset.info}))
+"""
+
+
+def test_fiftyone_database_holds_the_export_and_indexes_its_embeddings(tmp_path):
+    for reason in (labeling_tools.missing(), labeling_tools.mongod_missing()):
+        if reason:
+            pytest.fail(reason)
+    paths = write_images(str(tmp_path / "pool"))
+    store = str(tmp_path / "store")
+    vectors = write_pool_store(store, paths)
+    selection = str(tmp_path / "selection.parquet")
+    order = [3, 0, 2]
+    picks = write_selection(selection, [paths[i] for i in order], store)
+    out = str(tmp_path / "fiftyone")
+    export_selection(ExportConfig(selection=selection, format="fiftyone", out=out, embeddings=True))
+
+    mongod, uri = labeling_tools.start_mongod(str(tmp_path / "mongo"), str(tmp_path / "mongod.log"))
+    try:
+        env = {**os.environ, "FIFTYONE_DO_NOT_TRACK": "true", "FIFTYONE_DATABASE_URI": uri,
+               "FIFTYONE_DATABASE_VALIDATION": "false"}  # MongoDB 6.0 is FiftyOne's oldest supported: no nag
+        env.pop("PYTHONPATH", None)
+        done = subprocess.run([labeling_tools.tool("python"), "-c", FIFTYONE_DATABASE_SCRIPT, out, "raysel-picks"],
+                              capture_output=True, text=True, timeout=240, env=env)
+    finally:
+        labeling_tools.stop(mongod)
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    assert loaded["datasets"] == ["raysel-picks"] and loaded["count"] == len(order)
+    assert loaded["filepaths"] == [p.uri for p in picks] and loaded["ranks"] == [0, 1, 2]
+    assert loaded["methods"] == ["geal"] and loaded["first_rank_only"] == 1
+    assert loaded["embedding_dims"] == [vectors.shape[1]] * len(order)
+    assert loaded["info"]["raysel_selection"] == selection
+    # FiftyOne's similarity index over the exported embeddings orders the picks as the vectors do.
+    first = vectors[order[0]]
+    expected = sorted(range(len(order)), key=lambda rank: float(((vectors[order[rank]] - first) ** 2).sum()))
+    assert loaded["nearest_to_rank_0"] == expected
