@@ -175,20 +175,6 @@ def test_resume_after_killed_run_finishes_without_redoing_or_duplicating(tmp_pat
     assert summary["processed_this_run"] == 64 - 2 * len(survivors)
 
 
-@pytest.mark.cluster
-def test_featurize_against_running_local_cluster_by_address(tmp_path):
-    from local_cluster import LocalRayCluster
-
-    write_pool(tmp_path / "pool", good_files(6, seed=200))
-    with LocalRayCluster() as cluster:
-        cluster.start_head(num_cpus=2)
-        result = run_cli(["featurize", str(tmp_path / "pool"), "--out", str(tmp_path / "store"), "--address",
-                          cluster.address, "--no-progress", *sum(([f"--{k.replace('_', '-')}", str(v)] for k, v in TINY.items() if k != "random_init"), []), "--random-init"])
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert "featurized: 6" in result.stdout and "images/s" in result.stdout
-    assert FeatureStore(str(tmp_path / "store")).num_rows() == 6
-
-
 def test_refresh_appends_new_images_reports_removed_ones_and_keeps_finished_chunks(ray_session, tmp_path):
     pool = tmp_path / "pool"
     write_pool(pool, good_files(6, seed=300))

@@ -24,6 +24,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from raysel.store import FeatureStore
+
 from local_cluster import free_port
 
 pytestmark = pytest.mark.cluster
@@ -113,7 +115,9 @@ def test_readme_cluster_section_runs_as_written(tmp_path):
         assert "Authentication required" not in result.stdout + result.stderr
         assert "succeeded" in (result.stdout + result.stderr).lower()
         assert pq.read_table(os.path.join(example, "selection.parquet")).num_rows == 8  # example.yaml's budget
-        assert os.path.exists(os.path.join(example, "store2", "_SUCCESS"))
+        # `raysel featurize --address auto` featurized the whole pool, as the job did.
+        store2, job_store = (FeatureStore(os.path.join(example, name)) for name in ("store2", "store"))
+        assert store2.is_complete() and store2.num_rows() == job_store.num_rows() > 0
     finally:
         for sig in (signal.SIGTERM, signal.SIGKILL):
             for pid in started_pids(marker):
