@@ -5,7 +5,8 @@ pool in the single-process reference; one shard's rows against another shard's
 on the actors) and return the pairs closer than delta:
 
 1. faiss range search (exact, brute-force L2, float32) with a slightly larger radius
-   proposes candidate pairs;
+   proposes candidate pairs (on large pools: only the pairs sharing a probed IVF cell,
+   `ivf_lists.py`, which may miss some);
 2. each candidate's distance is recomputed as sum((x - y)^2) in float64, element by
    element, and kept when below delta^2. That number depends only on the two vectors,
    never on the index layout, the block or the shard: the graph is symmetric and the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from raysel.select.pool import ivf_lists
 from raysel.select.pool.blas import single_threaded
 
 QUERY_BLOCK = 4096  # query rows per faiss call: bounds the transient result size
@@ -37,12 +39,17 @@ def exact_squared(queries: np.ndarray, base: np.ndarray, query_rows: np.ndarray,
     return out
 
 
-def ball_pairs(queries: np.ndarray, query_ids: np.ndarray, base: np.ndarray, base_ids: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+def ball_pairs(
+    queries: np.ndarray, query_ids: np.ndarray, base: np.ndarray, base_ids: np.ndarray, delta: float,
+    query_probes: np.ndarray | None = None, base_probes: np.ndarray | None = None, lists: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (query row, base id) with |query - base| < delta, a point never its own neighbour.
 
     Args:
         queries: [q, D] float32; query_ids: [q] int64 global ids.
         base: [b, D] float32; base_ids: [b] int64 global ids.
+        query_probes, base_probes: [q, probes], [b, probes] int64 IVF cells (`ivf_lists.probe_lists`)
+            of `lists` cells: compare only pairs sharing a probed cell. None: every pair (exact).
 
     Returns:
         query rows [pairs] int64 (positions in `queries`), neighbour ids [pairs] int64.
@@ -51,22 +58,30 @@ def ball_pairs(queries: np.ndarray, query_ids: np.ndarray, base: np.ndarray, bas
     base = np.ascontiguousarray(base, dtype=np.float32)
     if not len(queries) or not len(base):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    index = faiss.IndexFlatL2(base.shape[1])
-    index.add(base)
     limit = float(delta) ** 2
     radius = limit + CANDIDATE_MARGIN * max(limit, 1.0)
+    if query_probes is not None and base_probes is not None:
+        rows, found = ivf_lists.candidate_pairs(queries, query_probes, base, base_probes, lists, radius, QUERY_BLOCK)
+        return _exact_pairs(queries, query_ids, base, base_ids, rows, found, limit)
+    index = faiss.IndexFlatL2(base.shape[1])
+    index.add(base)
     rows_out, ids_out = [], []
     for start in range(0, len(queries), QUERY_BLOCK):
         block = queries[start : start + QUERY_BLOCK]
         lims, _, found = index.range_search(block, radius)
         rows = np.repeat(np.arange(start, start + len(block), dtype=np.int64), np.diff(lims.astype(np.int64)))
-        found = found.astype(np.int64)
-        keep = query_ids[rows] != base_ids[found]
-        rows, found = rows[keep], found[keep]
-        keep = exact_squared(queries, base, rows, found) < limit
-        rows_out.append(rows[keep])
-        ids_out.append(base_ids[found[keep]])
+        rows, ids = _exact_pairs(queries, query_ids, base, base_ids, rows, found.astype(np.int64), limit)
+        rows_out.append(rows)
+        ids_out.append(ids)
     return np.concatenate(rows_out), np.concatenate(ids_out)
+
+
+def _exact_pairs(queries, query_ids, base, base_ids, rows, found, limit) -> tuple[np.ndarray, np.ndarray]:
+    """The candidates (query rows, base positions) that are other points closer than sqrt(limit), exactly."""
+    keep = query_ids[rows] != base_ids[found]
+    rows, found = rows[keep], found[keep]
+    keep = exact_squared(queries, base, rows, found) < limit
+    return rows[keep], base_ids[found[keep]]
 
 
 def csr(rows: np.ndarray, targets: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
