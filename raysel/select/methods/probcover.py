@@ -156,8 +156,7 @@ def probcover_on_pool(
     """
     count = index.count
     group.call("set_cells", group.put(cells))
-    pairs = group.round_robin("ball_search", float(delta))
-    group.call("set_cells", None)
+    pairs = group.round_robin("ball_search", float(delta))  # the cells stay: a restarted shard replays this search
     uncovered_in_ball = np.ones(count, dtype=np.int64)  # the image itself is in its ball
     for ids, degree in group.call("finish_graph"):
         uncovered_in_ball[ids] += degree
