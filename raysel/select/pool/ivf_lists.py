@@ -118,5 +118,6 @@ def candidate_pairs(
     probes = query_probes.shape[1]
     rows_a, found_a = _search(_inverted(base, base_probes[:, 0], lists, probes), queries, query_probes, radius, block)
     found_b, rows_b = _search(_inverted(queries, query_probes[:, 0], lists, probes), base, base_probes, radius, block)
-    keys = np.unique(np.concatenate([rows_a * len(base) + found_a, rows_b * len(base) + found_b]))
-    return keys // len(base), keys % len(base)
+    # a pair found from both sides once: drop the second search's pairs whose base cell the query probes
+    again = (query_probes[rows_b] == base_probes[found_b, :1]).any(axis=1)
+    return np.concatenate([rows_a, rows_b[~again]]), np.concatenate([found_a, found_b[~again]])
