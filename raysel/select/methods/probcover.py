@@ -40,6 +40,13 @@ flag; each pick asks the shards for the ball of the winner and for the neighbour
 the newly covered images (2 round trips a pick). Cost: O(N^2 x D / S) per shard for the
 exact graph, O(edges) memory over the shards, O(N) on the driver, O(budget x N) greedy.
 Same picks for any S, and the same as `probcover_reference`.
+
+Large pools (`--ball-index auto`, above IVF_ABOVE images; or `--ball-index ivf`): the range
+search compares only pairs sharing a probed IVF cell (`pool/ivf_lists.py`: `--ivf-lists` cells
+trained on a seeded sample, `--ivf-probes` per image), then checks them exactly: a symmetric
+subset of the exact graph, deterministic and the same for any S, about 2 x probes / cells of the
+flat search's comparisons. Its edge recall and the coverage its picks reach on the exact graph:
+benchmarks/bench_probcover_ivf.py.
 """
 from __future__ import annotations
 
