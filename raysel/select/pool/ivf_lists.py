@@ -93,20 +93,21 @@ def _inverted(vectors: np.ndarray, own_cell: np.ndarray, lists: int, probes: int
     return index
 
 
-def _search(index: faiss.IndexIVFFlat, queries: np.ndarray, probes: np.ndarray, radius: float, block: int) -> tuple[np.ndarray, np.ndarray]:
-    rows_out, found_out = [], []
+def _search(index: faiss.IndexIVFFlat, queries: np.ndarray, probes: np.ndarray, radius: float, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows_out, found_out, distances_out = [], [], []
     for start in range(0, len(queries), block):
         keys = np.ascontiguousarray(probes[start : start + block])
-        lims, _, found = index.range_search_preassigned(queries[start : start + block], radius, keys, np.zeros(keys.shape, np.float32))
+        lims, distances, found = index.range_search_preassigned(queries[start : start + block], radius, keys, np.zeros(keys.shape, np.float32))
         rows_out.append(np.repeat(np.arange(start, start + len(keys), dtype=np.int64), np.diff(lims.astype(np.int64))))
         found_out.append(found.astype(np.int64))
-    return np.concatenate(rows_out), np.concatenate(found_out)
+        distances_out.append(distances)
+    return np.concatenate(rows_out), np.concatenate(found_out), np.concatenate(distances_out)
 
 
 def candidate_pairs(
     queries: np.ndarray, query_probes: np.ndarray, base: np.ndarray, base_probes: np.ndarray, lists: int, radius: float, block: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Unique (query position, base position) pairs within `radius` (squared, float32) in a shared probed cell.
+    """Unique (query position, base position, float32 squared distance) within `radius` in a shared probed cell.
 
     A pair is a candidate when the base row's cell is among the query's probes or the
     query's cell among the base row's: a condition symmetric in the two rows.
@@ -116,8 +117,9 @@ def candidate_pairs(
         base: [b, D] float32 contiguous; base_probes: [b, probes] int64.
     """
     probes = query_probes.shape[1]
-    rows_a, found_a = _search(_inverted(base, base_probes[:, 0], lists, probes), queries, query_probes, radius, block)
-    found_b, rows_b = _search(_inverted(queries, query_probes[:, 0], lists, probes), base, base_probes, radius, block)
+    rows_a, found_a, distances_a = _search(_inverted(base, base_probes[:, 0], lists, probes), queries, query_probes, radius, block)
+    found_b, rows_b, distances_b = _search(_inverted(queries, query_probes[:, 0], lists, probes), base, base_probes, radius, block)
     # a pair found from both sides once: drop the second search's pairs whose base cell the query probes
-    again = (query_probes[rows_b] == base_probes[found_b, :1]).any(axis=1)
-    return np.concatenate([rows_a, rows_b[~again]]), np.concatenate([found_a, found_b[~again]])
+    new = ~(query_probes[rows_b] == base_probes[found_b, :1]).any(axis=1)
+    return (np.concatenate([rows_a, rows_b[new]]), np.concatenate([found_a, found_b[new]]),
+            np.concatenate([distances_a, distances_b[new]]))
