@@ -75,11 +75,15 @@ def ball_pairs(
         inside[unsure] = exact_squared(queries, base, rows[unsure], found[unsure]) < limit
         return rows[inside], base_ids[found[inside]]
 
+    rows_out, ids_out = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     if query_probes is not None and base_probes is not None:
-        return exact(*ivf_lists.candidate_pairs(queries, query_probes, base, base_probes, lists, radius, QUERY_BLOCK))
+        for rows, found, distances in ivf_lists.candidate_pairs(queries, query_probes, base, base_probes, lists, radius, QUERY_BLOCK):
+            rows, ids = exact(rows, found, distances)
+            rows_out.append(rows)
+            ids_out.append(ids)
+        return np.concatenate(rows_out), np.concatenate(ids_out)
     index = faiss.IndexFlatL2(base.shape[1])
     index.add(base)
-    rows_out, ids_out = [], []
     for start in range(0, len(queries), QUERY_BLOCK):
         block = queries[start : start + QUERY_BLOCK]
         lims, distances, found = index.range_search(block, radius)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Iterator
 
 import faiss
 import numpy as np
@@ -93,33 +94,34 @@ def _inverted(vectors: np.ndarray, own_cell: np.ndarray, lists: int, probes: int
     return index
 
 
-def _search(index: faiss.IndexIVFFlat, queries: np.ndarray, probes: np.ndarray, radius: float, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rows_out, found_out, distances_out = [], [], []
-    for start in range(0, len(queries), block):
-        keys = np.ascontiguousarray(probes[start : start + block])
-        lims, distances, found = index.range_search_preassigned(queries[start : start + block], radius, keys, np.zeros(keys.shape, np.float32))
-        rows_out.append(np.repeat(np.arange(start, start + len(keys), dtype=np.int64), np.diff(lims.astype(np.int64))))
-        found_out.append(found.astype(np.int64))
-        distances_out.append(distances)
-    return np.concatenate(rows_out), np.concatenate(found_out), np.concatenate(distances_out)
+def _search(index: faiss.IndexIVFFlat, queries: np.ndarray, probes: np.ndarray, radius: float, start: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query positions, found positions, float32 squared distances) of queries[start : start + block]."""
+    keys = np.ascontiguousarray(probes[start : start + block])
+    lims, distances, found = index.range_search_preassigned(queries[start : start + block], radius, keys, np.zeros(keys.shape, np.float32))
+    return np.repeat(np.arange(start, start + len(keys), dtype=np.int64), np.diff(lims.astype(np.int64))), found.astype(np.int64), distances
 
 
 def candidate_pairs(
     queries: np.ndarray, query_probes: np.ndarray, base: np.ndarray, base_probes: np.ndarray, lists: int, radius: float, block: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Unique (query position, base position, float32 squared distance) within `radius` in a shared probed cell.
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(query positions, base positions, float32 squared distances) within `radius` in a shared probed cell, per block.
 
     A pair is a candidate when the base row's cell is among the query's probes or the
-    query's cell among the base row's: a condition symmetric in the two rows.
+    query's cell among the base row's: a condition symmetric in the two rows. Each pair
+    comes once.
 
     Args:
         queries: [q, D] float32 contiguous; query_probes: [q, probes] int64 (`probe_lists`).
         base: [b, D] float32 contiguous; base_probes: [b, probes] int64.
     """
     probes = query_probes.shape[1]
-    rows_a, found_a, distances_a = _search(_inverted(base, base_probes[:, 0], lists, probes), queries, query_probes, radius, block)
-    found_b, rows_b, distances_b = _search(_inverted(queries, query_probes[:, 0], lists, probes), base, base_probes, radius, block)
-    # a pair found from both sides once: drop the second search's pairs whose base cell the query probes
-    new = ~(query_probes[rows_b] == base_probes[found_b, :1]).any(axis=1)
-    return (np.concatenate([rows_a, rows_b[new]]), np.concatenate([found_a, found_b[new]]),
-            np.concatenate([distances_a, distances_b[new]]))
+    index = _inverted(base, base_probes[:, 0], lists, probes)  # the base row's cell among the query's probes
+    for start in range(0, len(queries), block):
+        yield _search(index, queries, query_probes, radius, start, block)
+    index = _inverted(queries, query_probes[:, 0], lists, probes)  # the query's cell among the base row's probes
+    for start in range(0, len(base), block):
+        base_rows, query_rows, distances = _search(index, base, base_probes, radius, start, block)
+        new = np.ones(len(query_rows), dtype=bool)  # not found above: the base row's cell is not among the query's probes
+        for column in range(probes):
+            new &= query_probes[query_rows, column] != base_probes[base_rows, 0]
+        yield query_rows[new], base_rows[new], distances[new]
