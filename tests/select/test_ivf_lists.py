@@ -104,6 +104,14 @@ def test_auto_is_flat_up_to_the_threshold():
     assert ball_index_for("auto", 100_000) == "flat" and ball_index_for("auto", 100_001) == "ivf"
     assert ball_index_for("flat", 10**7) == "flat" and ball_index_for("ivf", 10) == "ivf"
     assert ivf_lists.default_lists(200_000) == 447 and ivf_lists.default_lists(1) == 1
+    # the CLI's defaults and help say what the method does
+    from dataclasses import fields
+
+    from raysel.select.methods.probcover import IVF_ABOVE, IVF_PROBES
+
+    assert SelectConfig().ball_index == "auto" and SelectConfig().ivf_probes == IVF_PROBES
+    help_text = next(f for f in fields(SelectConfig) if f.name == "ball_index").metadata["help"]
+    assert f"{IVF_ABOVE:,}" in help_text
 
 
 @pytest.mark.ray
