@@ -61,9 +61,11 @@ def ball_pairs(
     if not len(queries) or not len(base):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     limit = float(delta) ** 2
-    radius = limit + CANDIDATE_MARGIN * max(limit, 1.0)
     query_norms = np.einsum("ij,ij->i", queries, queries, dtype=np.float64)
     base_norms = np.einsum("ij,ij->i", base, base, dtype=np.float64)
+    # wide enough that float32 rounding cannot push a true pair out of the search
+    worst_error = float32_error(queries.shape[1]) * (float(query_norms.max()) + float(base_norms.max()))
+    radius = limit + max(CANDIDATE_MARGIN * max(limit, 1.0), worst_error)
 
     def exact(rows: np.ndarray, found: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The candidates (query rows, base positions, float32 squared distances) that are other points within delta."""
