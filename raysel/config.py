@@ -174,6 +174,12 @@ class SelectConfig:
         None, "probcover: K-Means clusters the purity rule measures against (paper: the classes); "
         "default: min(1000, sample images / 20)"
     )
+    ball_index: str = _opt(
+        "auto", "probcover: delta-ball search 'flat' (exact), 'ivf' (faiss IVF cells, may miss edges) or 'auto' "
+        "(flat up to 100,000 images, ivf above; docs/selection.md)"
+    )
+    ivf_lists: int | None = _opt(None, "probcover --ball-index ivf: IVF cells (default: round(sqrt(images)))")
+    ivf_probes: int = _opt(8, "probcover --ball-index ivf: cells probed per image (= --ivf-lists: the exact graph)")
 
     def storage(self) -> StorageOptions:
         return StorageOptions(s3_endpoint=self.s3_endpoint, s3_max_attempts=self.s3_max_attempts)

@@ -137,3 +137,49 @@ def test_fixed_point_cluster_sums_are_the_integer_sums():
     assert np.array_equal(sums, expected) and np.array_equal(counts, np.bincount(labels, minlength=9))
     means = kmeans.updated_centers(np.zeros((9, 7)), sums, counts, scale)
     np.testing.assert_allclose(means, [(points[labels == c].astype(np.float64) - mean).mean(0) for c in range(9)], atol=1e-9)
+
+
+@pytest.mark.ray
+def test_killed_pool_actors_are_restarted_and_replayed(ray_session, make_store, synth):
+    from raysel.select.pool.sharded import open_store_pool
+    from raysel.store import FeatureStore
+
+    vectors = blob_pool(900, seed=7)
+    uris = synth.uris(900, 7)
+    store = FeatureStore(write_store(make_store, synth, vectors, uris, rows_per_shard=150))
+    labeled = sorted(uris)[::150]
+    kills: list[str] = []
+    calls: dict[str, int] = {}
+
+    def kill_at(plan: dict[str, tuple[int, int]]):
+        """Kill actor `shard` on the `nth` round of `method`, with the calls in flight."""
+
+        def hook(method, group):
+            calls[method] = calls.get(method, 0) + 1
+            if method in plan and calls[method] == plan[method][0]:
+                kills.append(method)
+                ray_session.kill(group.actors[plan[method][1]], no_restart=False)
+
+        return hook
+
+    config = SelectConfig(store=store.uri, out="unused", budget=25, method="probcover", delta=0.3, seed=1)
+    group, index = open_store_pool(store, 2, labeled, 25)
+    # mid graph: the restarted shard replays round 1's search against a fresh export, then round 2 is sent again
+    group.after_submit = kill_at({"ball_search": (2, 1)})
+    try:
+        picks, _ = probcover.select_on_pool(group, index, config)
+    finally:
+        group.close()
+    assert kills == ["ball_search"] and group.recoveries == 1
+    assert picks == probcover_reference(unit(vectors), uris, 25, 0.3, labeled, seed=1)
+
+    kills.clear()
+    calls.clear()
+    group, index = open_store_pool(store, 2, labeled, 12)
+    group.after_submit = kill_at({"typicality_top": (1, 1)})  # mid exchange: its K-Means labels replayed
+    try:
+        picks = typiclust.typiclust_on_pool(group, index, 12, 500, 2)[0]
+    finally:
+        group.close()
+    assert kills == ["typicality_top"] and group.recoveries == 1
+    assert picks == typiclust_reference(vectors, uris, 12, labeled, seed=2)

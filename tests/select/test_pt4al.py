@@ -353,3 +353,23 @@ def test_linear_head_default_confidence_is_the_normalized_one(make_store, synth,
     assert result.column("score").to_pylist() == pytest.approx(sorted(confidence)[:4], rel=1e-6)
     plain = probe.predict_proba(embedding[[uris.index(u) for u in candidates]]).max(1)
     assert [candidates[i] for i in np.argsort(plain)[:4]] != expected  # the default is not the plain softmax
+
+
+@pytest.mark.ray
+@pytest.mark.torch
+def test_later_cycles_score_on_ray_tasks_as_the_driver_does(ray_session, make_store, synth, tmp_path):
+    import json
+
+    table, groups = pt4al_table(synth, count=120, seed=3)
+    store = make_store(table, rows_per_shard=25)  # 5 store files over 3 tasks
+    uris = table.column("uri").to_pylist()
+    batches = reference_batches(table, CYCLES)
+    labeled = batches[0][:10] + [batches[1][3]]
+    labels_file = write_labels(tmp_path / "labels.csv", [(u, int(groups[uris.index(u)])) for u in labeled])
+    runs = {shards: run_selection(config(store, tmp_path, cycle=1, budget=8, labeled=labels_file, shards=shards))
+            for shards in (1, 3)}
+    assert runs[3].column("uri").to_pylist() == runs[1].column("uri").to_pylist()
+    np.testing.assert_allclose(runs[3].column("score").to_pylist(), runs[1].column("score").to_pylist(), rtol=1e-12)
+    assert set(runs[3].column("uri").to_pylist()) <= set(batches[1]) - {batches[1][3]}  # the batch, never a labeled image
+    outs = sorted(tmp_path.glob("sel-1-*.parquet.config.json"))
+    assert [json.load(open(path))["stats"].get("scored_on_shards") for path in outs] == [None, 3]

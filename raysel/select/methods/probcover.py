@@ -40,6 +40,13 @@ flag; each pick asks the shards for the ball of the winner and for the neighbour
 the newly covered images (2 round trips a pick). Cost: O(N^2 x D / S) per shard for the
 exact graph, O(edges) memory over the shards, O(N) on the driver, O(budget x N) greedy.
 Same picks for any S, and the same as `probcover_reference`.
+
+Large pools (`--ball-index auto`, above IVF_ABOVE images; or `--ball-index ivf`): the range
+search compares only pairs sharing a probed IVF cell (`pool/ivf_lists.py`: `--ivf-lists` cells
+trained on a seeded sample, `--ivf-probes` per image), then checks them exactly: a symmetric
+subset of the exact graph, deterministic and the same for any S, about 2 x probes / cells of the
+flat search's comparisons. Its edge recall and the coverage its picks reach on the exact graph:
+benchmarks/bench_probcover_ivf.py.
 """
 from __future__ import annotations
 
@@ -51,6 +58,7 @@ import pyarrow as pa
 from raysel.config import SelectConfig
 from raysel.select.base import Pick, SelectionContext, SelectionMethod, selection_table
 from raysel.select.errors import InvalidVectorError, SelectionConfigError
+from raysel.select.pool import ivf_lists
 from raysel.select.pool.ball_graph import distance_to_other_cluster
 from raysel.select.pool.embedding_pool import PoolIndex
 from raysel.select.pool.kmeans import kmeans_with_centers
@@ -63,6 +71,9 @@ MAX_DELTA = 2.0  # unit vectors are at most 2 apart
 PURITY_SAMPLE = 20_000  # images whose balls the purity rule measures
 PURITY_MAX_CLUSTERS = 1000  # --purity-clusters default: at most this many ...
 PURITY_IMAGES_PER_CLUSTER = 20  # ... and at least this many sample images per cluster
+BALL_INDEXES = ("auto", "flat", "ivf")
+IVF_ABOVE = 100_000  # --ball-index auto: the exact flat search up to this many images, IVF cells above
+IVF_PROBES = 8  # --ivf-probes default: cells probed per image (benchmarks/results/probcover_ivf.md)
 
 
 class NoPureDeltaError(SelectionConfigError):
@@ -108,12 +119,30 @@ def purity_sample(count: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 11]).choice(count, size=PURITY_SAMPLE, replace=False)).astype(np.int64)
 
 
+def gather_rows(group: PoolGroup, ids: np.ndarray) -> np.ndarray:
+    """[len(ids), D] float32 vectors of the pool rows `ids` (sorted), in id order, gathered from the shards."""
+    found = group.call("rows_of", ids)
+    order = np.argsort(np.concatenate([part[0] for part in found]), kind="stable")
+    return np.ascontiguousarray(np.concatenate([part[1] for part in found])[order])
+
+
+def ball_index_for(requested: str, count: int) -> str:
+    """'flat' or 'ivf': --ball-index, where 'auto' means IVF above IVF_ABOVE images."""
+    if requested == "auto":
+        return "ivf" if count > IVF_ABOVE else "flat"
+    return requested
+
+
+def ivf_cells_on_pool(group: PoolGroup, index: PoolIndex, lists: int | None, probes: int, seed: int) -> ivf_lists.IvfCells:
+    """IVF cells trained (seeded K-Means) on a sample of the (normalized) pool."""
+    used = lists if lists is not None else ivf_lists.default_lists(index.count)
+    sample = gather_rows(group, ivf_lists.train_sample(index.count, used, seed))
+    return ivf_lists.train_lists(sample, used, probes, seed)
+
+
 def purity_delta_on_pool(group: PoolGroup, index: PoolIndex, clusters: int | None, alpha: float, seed: int) -> tuple[float, dict]:
     """The purity rule over a (normalized) pool: (delta, figures)."""
-    sample_ids = purity_sample(index.count, seed)
-    found = group.call("rows_of", sample_ids)
-    ids = np.concatenate([part[0] for part in found])
-    sample = np.ascontiguousarray(np.concatenate([part[1] for part in found])[np.argsort(ids, kind="stable")])
+    sample = gather_rows(group, purity_sample(index.count, seed))
     used = purity_clusters_for(clusters, len(sample))
     labels, mean, centers, _ = kmeans_with_centers(sample, used, seed)
     group.call("assign", group.put(centers), mean)
@@ -125,10 +154,16 @@ def purity_delta_on_pool(group: PoolGroup, index: PoolIndex, clusters: int | Non
     }
 
 
-def probcover_on_pool(group: PoolGroup, index: PoolIndex, budget: int, delta: float, seed: int) -> tuple[list[Pick], dict]:
-    """ProbCover's picks from a numbered, checked pool whose vectors are used as they are."""
+def probcover_on_pool(
+    group: PoolGroup, index: PoolIndex, budget: int, delta: float, seed: int, cells: ivf_lists.IvfCells | None = None
+) -> tuple[list[Pick], dict]:
+    """ProbCover's picks from a numbered, checked pool whose vectors are used as they are.
+
+    `cells`: build the graph through these IVF cells (approximate: may miss edges); None: exact.
+    """
     count = index.count
-    pairs = group.round_robin("ball_search", float(delta))
+    group.call("set_cells", group.put(cells))
+    pairs = group.round_robin("ball_search", float(delta))  # the cells stay: a restarted shard replays this search
     uncovered_in_ball = np.ones(count, dtype=np.int64)  # the image itself is in its ball
     for ids, degree in group.call("finish_graph"):
         uncovered_in_ball[ids] += degree
@@ -170,19 +205,34 @@ def probcover_on_pool(group: PoolGroup, index: PoolIndex, budget: int, delta: fl
         "covering_picks": covering_picks,
         "random_picks": len(rest),
         "shards": group.num_shards,
+        "ball_index": "flat" if cells is None else "ivf",
+        **({} if cells is None else {"ivf_lists": cells.lists, "ivf_probes": cells.probes}),
     }
     return picks, figures
 
 
 def probcover_reference(
-    vectors: np.ndarray, uris: Sequence[str], budget: int, delta: float, labeled: Sequence[str] = (), seed: int = 0, shards: int = 1
+    vectors: np.ndarray, uris: Sequence[str], budget: int, delta: float, labeled: Sequence[str] = (), seed: int = 0, shards: int = 1,
+    ball_index: str = "flat", ivf_lists: int | None = None, ivf_probes: int = IVF_PROBES,
 ) -> list[Pick]:
     """ProbCover on in-memory vectors [N, D], used as given (the method normalizes the store's embeddings first).
 
     `shards` cuts the rows into that many in-process shards: the picks do not change.
+    `ball_index` ('flat', 'ivf' or 'auto'), `ivf_lists`, `ivf_probes`: as --ball-index etc.
     """
+    return probcover_reference_figures(vectors, uris, budget, delta, labeled, seed, shards, ball_index, ivf_lists, ivf_probes)[0]
+
+
+def probcover_reference_figures(
+    vectors: np.ndarray, uris: Sequence[str], budget: int, delta: float, labeled: Sequence[str] = (), seed: int = 0, shards: int = 1,
+    ball_index: str = "flat", ivf_lists: int | None = None, ivf_probes: int = IVF_PROBES,
+) -> tuple[list[Pick], dict]:
+    """`probcover_reference` with the run's figures (edges, coverage, ...)."""
     group, index = open_memory_pool(vectors, uris, labeled, budget, shards)
-    return probcover_on_pool(group, index, budget, delta, seed)[0]
+    cells = None
+    if ball_index_for(ball_index, index.count) == "ivf":
+        cells = ivf_cells_on_pool(group, index, ivf_lists, ivf_probes, seed)
+    return probcover_on_pool(group, index, budget, delta, seed, cells)
 
 
 def select_on_pool(group: PoolGroup, index: PoolIndex, config: SelectConfig) -> tuple[list[Pick], dict]:
@@ -194,7 +244,10 @@ def select_on_pool(group: PoolGroup, index: PoolIndex, config: SelectConfig) -> 
     delta = config.delta
     if delta is None:
         delta, figures = purity_delta_on_pool(group, index, config.purity_clusters, config.purity_alpha, config.seed)
-    picks, graph_figures = probcover_on_pool(group, index, config.budget, delta, config.seed)
+    cells = None
+    if ball_index_for(config.ball_index, index.count) == "ivf":
+        cells = ivf_cells_on_pool(group, index, config.ivf_lists, config.ivf_probes, config.seed)
+    picks, graph_figures = probcover_on_pool(group, index, config.budget, delta, config.seed, cells)
     return picks, {**figures, **graph_figures}
 
 
@@ -202,7 +255,7 @@ def select_on_pool(group: PoolGroup, index: PoolIndex, config: SelectConfig) -> 
 class ProbCoverMethod(SelectionMethod):
     """Greedy max coverage of delta-balls on normalized embeddings; delta by the purity rule unless given."""
 
-    fingerprint_options = ("delta", "purity_alpha", "purity_clusters")
+    fingerprint_options = ("delta", "purity_alpha", "purity_clusters", "ball_index", "ivf_lists", "ivf_probes")
 
     def validate(self, config: SelectConfig) -> None:
         if config.distance is not None:
@@ -213,6 +266,12 @@ class ProbCoverMethod(SelectionMethod):
             raise SelectionConfigError(f"--purity-alpha must be in (0, 1], got {config.purity_alpha}")
         if config.purity_clusters is not None and (not isinstance(config.purity_clusters, int) or config.purity_clusters < 2):
             raise SelectionConfigError(f"--purity-clusters must be >= 2, got {config.purity_clusters}")
+        if config.ball_index not in BALL_INDEXES:
+            raise SelectionConfigError(f"--ball-index must be one of {', '.join(BALL_INDEXES)}, got {config.ball_index!r}")
+        if config.ivf_lists is not None and config.ivf_lists < 1:
+            raise SelectionConfigError(f"--ivf-lists must be >= 1, got {config.ivf_lists}")
+        if config.ivf_probes < 1:
+            raise SelectionConfigError(f"--ivf-probes must be >= 1, got {config.ivf_probes}")
 
     def select(self, config: SelectConfig, store: FeatureStore, context: SelectionContext) -> pa.Table:
         self.validate(config)

@@ -17,11 +17,16 @@
 
 Already-labeled images are never picked. Scores: the pretext loss in cycle 0,
 the top-1 probability in later cycles.
+
+With the linear head and `--shards S` > 1, cycle c >= 1 scores on S Ray tasks (the store's row
+plan, `pool/store_rows.plan_shards`), each reading its rows in chunks and keeping the batch's
+lowest `budget`; the driver merges them (same picks as the driver's own stream).
 """
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raysel import schema, storage
@@ -31,7 +36,10 @@ from raysel.select.errors import BudgetError, DuplicateUriError, EmptyStoreError
 from raysel.select.supervision.labels import check_known
 from raysel.select.supervision.posteriors import build_posteriors, iter_rows
 from raysel.select.registry import register_method
+from raysel.select.pool.store_rows import RowSlice, load_rows, plan_shards
 from raysel.store import FeatureStore
+
+SCORE_CHUNK_ROWS = 65_536  # rows a scoring task holds at once
 
 
 class CycleError(SelectionConfigError):
@@ -106,6 +114,40 @@ def lowest_scores(uris: list[str], confidence: np.ndarray, budget: int) -> list[
     """The `budget` uris with the lowest confidence [n], lowest first (ties by uri)."""
     order = sorted(range(len(uris)), key=lambda i: (float(confidence[i]), uris[i]))[:budget]
     return [Pick(uris[i], float(confidence[i])) for i in order]
+
+
+def score_candidates(
+    store_uri: str, options, slices: list[RowSlice], probe, confidence: str, candidates: pa.Array, budget: int
+) -> list[Pick]:
+    """The `budget` least confident of `candidates` (uris) among some rows of the store (runs in a Ray task)."""
+    store = FeatureStore(store_uri, options)
+    best: list[Pick] = []
+    for piece in slices:
+        for start in range(piece.start, piece.stop, SCORE_CHUNK_ROWS):
+            uris, vectors = load_rows(store, [RowSlice(piece.file, start, min(start + SCORE_CHUNK_ROWS, piece.stop))], schema.EMBEDDING)
+            keep = np.flatnonzero(pc.is_in(pa.array(uris, pa.string()), value_set=candidates).to_numpy(zero_copy_only=False))
+            if not len(keep):
+                continue
+            scores = top1_confidence(probe.predict_logits(vectors[keep, 0, :]), confidence)
+            merged = np.concatenate([np.array([pick.score for pick in best], dtype=np.float64), scores])
+            best = lowest_scores([pick.uri for pick in best] + [uris[i] for i in keep], merged, budget)
+    return best
+
+
+def lowest_on_shards(store: FeatureStore, shards: int, probe, confidence: str, candidates: list[str], budget: int) -> list[Pick]:
+    """`score_candidates` on `shards` Ray tasks (each its lowest `budget`), merged on the driver."""
+    import ray
+
+    from raysel.runtime import ensure_ray
+
+    ensure_ray()
+    plan = plan_shards(store, shards)
+    cpus = min(1.0, float(ray.cluster_resources().get("CPU", 1.0)) / shards)
+    task = ray.remote(score_candidates).options(num_cpus=cpus)
+    probe_ref, candidates_ref = ray.put(probe), ray.put(pa.array(candidates, pa.string()))
+    parts = ray.get([task.remote(store.uri, store.options, slices, probe_ref, confidence, candidates_ref, budget) for slices in plan])
+    merged = [pick for part in parts for pick in part]
+    return lowest_scores([p.uri for p in merged], np.array([p.score for p in merged], dtype=np.float64), budget)
 
 
 def read_pretext_losses(store: FeatureStore) -> tuple[list[str], np.ndarray]:
@@ -189,17 +231,21 @@ class PT4ALMethod(SelectionMethod):
                 probs = posteriors.predict(uris_, vectors_)
                 return probs.max(axis=1) if len(probs) else np.zeros(0)
 
-            if posteriors.needs_embeddings:
-                for part, vectors in iter_rows(store, embeddings=True):
-                    rows = [i for i, uri in enumerate(part) if uri in wanted]
-                    if rows:
-                        found_uris.extend(part[i] for i in rows)
-                        found_scores.append(confidence_of([part[i] for i in rows], vectors[rows]))
+            if posteriors.probe is not None and config.shards > 1:
+                picks = lowest_on_shards(store, config.shards, posteriors.probe, config.confidence, candidates, config.budget)
+                context.stats.update(scored_on_shards=config.shards)
             else:
-                found_uris = candidates
-                found_scores = [confidence_of(candidates, None)]
-            scores = np.concatenate(found_scores) if found_scores else np.zeros(0)
-            picks = lowest_scores(found_uris, scores, config.budget)
+                if posteriors.needs_embeddings:
+                    for part, vectors in iter_rows(store, embeddings=True):
+                        rows = [i for i, uri in enumerate(part) if uri in wanted]
+                        if rows:
+                            found_uris.extend(part[i] for i in rows)
+                            found_scores.append(confidence_of([part[i] for i in rows], vectors[rows]))
+                else:
+                    found_uris = candidates
+                    found_scores = [confidence_of(candidates, None)]
+                scores = np.concatenate(found_scores) if found_scores else np.zeros(0)
+                picks = lowest_scores(found_uris, scores, config.budget)
             source = posteriors.source
             context.stats.update(
                 confidence=config.confidence if posteriors.has_logits else "top-1 of the given probabilities"

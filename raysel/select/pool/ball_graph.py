@@ -5,11 +5,14 @@ pool in the single-process reference; one shard's rows against another shard's
 on the actors) and return the pairs closer than delta:
 
 1. faiss range search (exact, brute-force L2, float32) with a slightly larger radius
-   proposes candidate pairs;
-2. each candidate's distance is recomputed as sum((x - y)^2) in float64, element by
-   element, and kept when below delta^2. That number depends only on the two vectors,
-   never on the index layout, the block or the shard: the graph is symmetric and the
-   same on 1 or many shards.
+   proposes candidate pairs (on large pools: only the pairs sharing a probed IVF cell,
+   `ivf_lists.py`, which may miss some);
+2. a pair is kept when sum((x - y)^2), computed in float64 element by element, is below
+   delta^2. That decision depends only on the two vectors, never on the index layout,
+   the block or the shard: the graph is symmetric and the same on 1 or many shards.
+   The float64 sum is computed only for candidates whose float32 distance lies within
+   its rounding bound of delta^2 (`float32_error`); the others are decided by the
+   float32 value, which the bound guarantees gives the same answer.
 
 Memory: O(edges) plus O(QUERY_BLOCK x neighbours) transient; time O(queries x base x D).
 """
@@ -18,6 +21,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
+from raysel.select.pool import ivf_lists
 from raysel.select.pool.blas import single_threaded
 
 QUERY_BLOCK = 4096  # query rows per faiss call: bounds the transient result size
@@ -37,12 +41,17 @@ def exact_squared(queries: np.ndarray, base: np.ndarray, query_rows: np.ndarray,
     return out
 
 
-def ball_pairs(queries: np.ndarray, query_ids: np.ndarray, base: np.ndarray, base_ids: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
+def ball_pairs(
+    queries: np.ndarray, query_ids: np.ndarray, base: np.ndarray, base_ids: np.ndarray, delta: float,
+    query_probes: np.ndarray | None = None, base_probes: np.ndarray | None = None, lists: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (query row, base id) with |query - base| < delta, a point never its own neighbour.
 
     Args:
         queries: [q, D] float32; query_ids: [q] int64 global ids.
         base: [b, D] float32; base_ids: [b] int64 global ids.
+        query_probes, base_probes: [q, probes], [b, probes] int64 IVF cells (`ivf_lists.probe_lists`)
+            of `lists` cells: compare only pairs sharing a probed cell. None: every pair (exact).
 
     Returns:
         query rows [pairs] int64 (positions in `queries`), neighbour ids [pairs] int64.
@@ -51,30 +60,61 @@ def ball_pairs(queries: np.ndarray, query_ids: np.ndarray, base: np.ndarray, bas
     base = np.ascontiguousarray(base, dtype=np.float32)
     if not len(queries) or not len(base):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    limit = float(delta) ** 2
+    query_norms = np.einsum("ij,ij->i", queries, queries, dtype=np.float64)
+    base_norms = np.einsum("ij,ij->i", base, base, dtype=np.float64)
+    # wide enough that float32 rounding cannot push a true pair out of the search
+    worst_error = float32_error(queries.shape[1]) * (float(query_norms.max()) + float(base_norms.max()))
+    radius = limit + max(CANDIDATE_MARGIN * max(limit, 1.0), worst_error)
+
+    def exact(rows: np.ndarray, found: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The candidates (query rows, base positions, float32 squared distances) that are other points within delta."""
+        keep = query_ids[rows] != base_ids[found]
+        rows, found, distances = rows[keep], found[keep], distances[keep].astype(np.float64)
+        error = float32_error(queries.shape[1]) * (query_norms[rows] + base_norms[found])
+        inside = distances + error < limit
+        unsure = np.flatnonzero(~inside & (distances - error < limit))
+        inside[unsure] = exact_squared(queries, base, rows[unsure], found[unsure]) < limit
+        return rows[inside], base_ids[found[inside]]
+
+    rows_out, ids_out = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+    if query_probes is not None and base_probes is not None:
+        for rows, found, distances in ivf_lists.candidate_pairs(queries, query_probes, base, base_probes, lists, radius, QUERY_BLOCK):
+            rows, ids = exact(rows, found, distances)
+            rows_out.append(rows)
+            ids_out.append(ids)
+        return np.concatenate(rows_out), np.concatenate(ids_out)
     index = faiss.IndexFlatL2(base.shape[1])
     index.add(base)
-    limit = float(delta) ** 2
-    radius = limit + CANDIDATE_MARGIN * max(limit, 1.0)
-    rows_out, ids_out = [], []
     for start in range(0, len(queries), QUERY_BLOCK):
         block = queries[start : start + QUERY_BLOCK]
-        lims, _, found = index.range_search(block, radius)
+        lims, distances, found = index.range_search(block, radius)
         rows = np.repeat(np.arange(start, start + len(block), dtype=np.int64), np.diff(lims.astype(np.int64)))
-        found = found.astype(np.int64)
-        keep = query_ids[rows] != base_ids[found]
-        rows, found = rows[keep], found[keep]
-        keep = exact_squared(queries, base, rows, found) < limit
-        rows_out.append(rows[keep])
-        ids_out.append(base_ids[found[keep]])
+        rows, ids = exact(rows, found.astype(np.int64), distances)
+        rows_out.append(rows)
+        ids_out.append(ids)
     return np.concatenate(rows_out), np.concatenate(ids_out)
+
+
+def float32_error(dims: int) -> float:
+    """Bound on |float32 squared distance - exact| per unit of |x|^2 + |y|^2.
+
+    faiss computes |x|^2 + |y|^2 - 2 x.y (flat) or sum((x - y)^2) (IVF) in float32 over
+    `dims` terms; each is off by at most about (2 dims + 4) x eps x (|x|^2 + |y|^2). A
+    factor 2 on top keeps the bound safe (1.7e-5 per unit at D = 64, 1e-4 at D = 384).
+    """
+    return 2.0 * (2 * dims + 4) * float(np.finfo(np.float32).eps)
 
 
 def csr(rows: np.ndarray, targets: np.ndarray, count: int) -> tuple[np.ndarray, np.ndarray]:
     """CSR arrays (indptr [count + 1] int64, indices ascending per row) of the pairs (rows, targets)."""
-    order = np.lexsort((targets, rows))
     indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=count))]).astype(np.int64)
-    dtype = np.int32 if (not len(targets) or targets.max() < 2**31) else np.int64
-    return indptr, targets[order].astype(dtype)
+    if not len(targets):
+        return indptr, np.zeros(0, dtype=np.int32)
+    span = int(targets.max()) + 1  # one int64 key per pair (row x span + target < 2^63 below 3e9 rows): one sort
+    keys = np.sort(np.asarray(rows, dtype=np.int64) * span + np.asarray(targets, dtype=np.int64))
+    dtype = np.int32 if span <= 2**31 else np.int64
+    return indptr, (keys % span).astype(dtype)
 
 
 @single_threaded

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from raysel.select.pool import ball_graph, kmeans, typicality
+from raysel.select.pool import ball_graph, ivf_lists, kmeans, typicality
 from raysel.select.pool.store_rows import RowSlice, load_rows
 from raysel.storage import StorageOptions
 from raysel.store import FeatureStore
@@ -30,6 +30,8 @@ class PoolShard:
         self.indptr = np.zeros(1, dtype=np.int64)  # delta-ball lists of own rows (CSR, global ids)
         self.neighbours = np.zeros(0, dtype=np.int64)
         self._pairs: list[tuple[np.ndarray, np.ndarray]] = []
+        self.cells: ivf_lists.IvfCells | None = None  # IVF cells of the ball search (None: exact flat search)
+        self.probes: np.ndarray | None = None  # [n, probes] int64 each row's probed cells
 
     @classmethod
     def from_store(cls, store_uri: str, options: StorageOptions, slices: list[RowSlice]) -> "PoolShard":
@@ -113,12 +115,18 @@ class PoolShard:
         return out
 
     # --- delta-ball graph ---
-    def export(self) -> tuple[np.ndarray, np.ndarray]:
-        return self.ids, self.vectors
+    def set_cells(self, cells: ivf_lists.IvfCells | None) -> None:
+        """Search the ball graph through these IVF cells (None: the exact flat search)."""
+        self.cells = cells
+        self.probes = None if cells is None else ivf_lists.probe_lists(self.vectors, cells)
 
-    def ball_search(self, delta: float, base: tuple[np.ndarray, np.ndarray]) -> int:
-        """Find this shard's rows' neighbours among `base` (ids, vectors); returns pairs found."""
-        rows, targets = ball_graph.ball_pairs(self.vectors, self.ids, base[1], base[0], delta)
+    def export(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        return self.ids, self.vectors, self.probes
+
+    def ball_search(self, delta: float, base: tuple[np.ndarray, np.ndarray, np.ndarray | None]) -> int:
+        """Find this shard's rows' neighbours among `base` (ids, vectors, probes); returns pairs found."""
+        lists = self.cells.lists if self.cells is not None else 0
+        rows, targets = ball_graph.ball_pairs(self.vectors, self.ids, base[1], base[0], delta, self.probes, base[2], lists)
         self._pairs.append((rows, targets))
         return len(rows)
 

@@ -11,14 +11,16 @@ search) moves through Ray's object store, never through the driver.
 from __future__ import annotations
 
 import abc
+import logging
 import os
 import resource
 import time
-from typing import Any, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import ray
-from ray.exceptions import RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
 from raysel.select.pool.blas import single_threaded
 from raysel.select.pool.embedding_pool import PoolIndex, check_budget, index_pool
@@ -26,6 +28,8 @@ from raysel.select.pool.pool_shard import PoolShard
 from raysel.select.pool.store_rows import RowSlice, plan_shards
 from raysel.storage import StorageOptions
 from raysel.store import FeatureStore
+
+log = logging.getLogger(__name__)
 
 PLACEMENT_TIMEOUT_S = 600.0
 
@@ -115,6 +119,10 @@ class PoolShardActor:
     def ping(self) -> str:
         return ray.get_runtime_context().get_node_id()
 
+    def is_loaded(self) -> bool:
+        """False in a fresh (or restarted) actor: its rows are not loaded yet."""
+        return self.shard is not None
+
     @single_threaded
     def load(self, store_uri: str, options: StorageOptions, slices: list[RowSlice]) -> dict:
         self.shard = PoolShard.from_store(store_uri, options, slices)
@@ -143,6 +151,13 @@ class PoolShardActor:
 
 RemotePoolShardActor = ray.remote(PoolShardActor)
 
+MAX_RESTARTS = 3  # Ray restarts a dead pool shard actor up to this many times
+RECOVERY_TIMEOUT_S = 120.0  # how long to wait for a restarted actor to answer
+# PoolShard calls that change a shard's state, replayed (in order) into a restarted actor. A
+# labels call replaces the one before it (each sets all labels from its arguments alone).
+STATEFUL_CALLS = {"set_ids", "normalize", "set_cells", "ball_search", "finish_graph"}
+LABEL_CALLS = {"kmeans_step", "assign", "reset_labels"}
+
 
 def _get(refs: Any) -> Any:
     """ray.get, re-raising an input error from inside an actor as itself."""
@@ -151,17 +166,43 @@ def _get(refs: Any) -> Any:
     except RayTaskError as exc:
         if isinstance(exc.cause, ValueError):
             raise exc.cause from None
+        if isinstance(exc.cause, RayActorError):  # a task whose argument came from a dead actor
+            raise exc.cause from None
         raise
 
 
-class RayPoolGroup(PoolGroup):
-    """One `PoolShardActor` per entry of `plan` (row slices of the store)."""
+@dataclass(frozen=True)
+class ExportOf:
+    """In the replay log: "shard `index`'s export()", fetched afresh when replayed."""
 
-    def __init__(self, store: FeatureStore, plan: list[list[RowSlice]]) -> None:
+    index: int
+
+
+class RayPoolGroup(PoolGroup):
+    """One `PoolShardActor` per entry of `plan` (row slices of the store), restarted and replayed on death.
+
+    Fault tolerance, as the K-Center shard actors (`kcenter/shard_actor.py`): actors have
+    `max_restarts`; the group logs every state-changing call per shard (`STATEFUL_CALLS`,
+    the latest of `LABEL_CALLS`). When a call fails with `RayActorError`, every actor that
+    came back empty reloads its rows and replays its log (the ball searches last, against
+    the other shards' exports fetched afresh: nothing after them changes a shard's vectors
+    or cells), then the failed calls are sent again. Every call is a pure function of the
+    shard's rows and the arguments, so the picks are those of a run without the death.
+    """
+
+    def __init__(self, store: FeatureStore, plan: list[list[RowSlice]], max_restarts: int = MAX_RESTARTS) -> None:
+        self.store = store
+        self.plan = plan
         self.num_shards = len(plan)
         cpus = float(ray.cluster_resources().get("CPU", 1.0))
         actor_cpus = min(1.0, cpus / self.num_shards)
-        self.actors = [RemotePoolShardActor.options(num_cpus=actor_cpus).remote(i) for i in range(self.num_shards)]
+        self.actors = [
+            RemotePoolShardActor.options(num_cpus=actor_cpus, max_restarts=max_restarts, max_task_retries=0).remote(i)
+            for i in range(self.num_shards)
+        ]
+        self.log: list[list[tuple[str, tuple]]] = [[] for _ in range(self.num_shards)]
+        self.recoveries = 0
+        self.after_submit: Callable[[str, "RayPoolGroup"], None] | None = None  # test hook: runs with calls in flight
         pings = [actor.ping.remote() for actor in self.actors]
         _, waiting = ray.wait(pings, num_returns=len(pings), timeout=PLACEMENT_TIMEOUT_S)
         if waiting:
@@ -170,41 +211,130 @@ class RayPoolGroup(PoolGroup):
                 f"{len(waiting)} of {self.num_shards} pool shard actors did not start within {PLACEMENT_TIMEOUT_S:.0f}s "
                 f"({actor_cpus:g} CPU each)"
             )
-        self.summaries = _get([actor.load.remote(store.uri, store.options, slices) for actor, slices in zip(self.actors, plan)])
+        self.summaries = self._gather("load", lambda i: self.actors[i].load.remote(*self._load_args(i)))
 
+    # --- restart and replay ---
+    def _load_args(self, index: int) -> tuple:
+        return self.store.uri, self.store.options, self.plan[index]
+
+    def _remember(self, index: int, method: str, args: tuple) -> None:
+        if method in LABEL_CALLS:
+            self.log[index] = [entry for entry in self.log[index] if entry[0] not in LABEL_CALLS]
+        if method in STATEFUL_CALLS or method in LABEL_CALLS:
+            self.log[index].append((method, args))
+
+    def _resolve(self, args: tuple) -> tuple:
+        return tuple(self.actors[a.index].run.remote("export") if isinstance(a, ExportOf) else a for a in args)
+
+    def _heal(self) -> set[int]:
+        """Reload and replay every actor that restarted empty; returns their indices."""
+        deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+        healed: set[int] = set()
+        for index, actor in enumerate(self.actors):
+            while True:
+                try:
+                    if not ray.get(actor.is_loaded.remote(), timeout=10):
+                        ray.get(actor.load.remote(*self._load_args(index)))
+                        healed.add(index)
+                    break
+                except (RayActorError, GetTimeoutError) as exc:
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"pool shard actor {index} died and did not come back: {exc}") from exc
+                    time.sleep(0.5)
+        if healed:
+            self.recoveries += len(healed)
+            log.warning("pool shard actors %s restarted; replaying their calls", sorted(healed))
+        searches = {i: next((n for n, e in enumerate(self.log[i]) if e[0] == "ball_search"), len(self.log[i])) for i in healed}
+        for phase in ("before the ball search", "the ball search on"):  # every healed shard's vectors first
+            for index in sorted(healed):
+                entries = self.log[index][: searches[index]] if phase.startswith("before") else self.log[index][searches[index] :]
+                for method, args in entries:
+                    _get(self.actors[index].run.remote(method, *self._resolve(args)))
+        return healed
+
+    def _gather(self, method: str, submit: Callable[[int], Any], healed: Callable[[set[int]], None] | None = None) -> list:
+        """submit(i) -> a ref for every shard; the results, healing dead actors and resubmitting their calls.
+
+        `healed(indices)` runs after a recovery, before the failed calls are sent again (to
+        refresh references that came from the restarted actors).
+        """
+        refs = [submit(index) for index in range(self.num_shards)]
+        if self.after_submit is not None:
+            self.after_submit(method, self)
+        results: list = [None] * self.num_shards
+        pending = list(range(self.num_shards))
+        for attempt in range(MAX_RESTARTS + 2):
+            failed: list[int] = []
+            for index in pending:
+                try:
+                    results[index] = _get(refs[index])
+                except RayActorError:
+                    if attempt == MAX_RESTARTS + 1:
+                        raise
+                    failed.append(index)
+            if not failed:
+                return results
+            recovered = self._heal()
+            if healed is not None:
+                healed(recovered)
+            for index in failed:
+                refs[index] = submit(index)
+            pending = failed
+        raise AssertionError("unreachable")
+
+    def _run_each(self, method: str, args: Sequence[tuple]) -> list:
+        results = self._gather(method, lambda i: self.actors[i].run.remote(method, *args[i]))
+        for index in range(self.num_shards):
+            self._remember(index, method, args[index])
+        return results
+
+    # --- PoolGroup ---
     def call(self, method: str, *args: Any) -> list:
-        return _get([actor.run.remote(method, *args) for actor in self.actors])
+        return self._run_each(method, [args] * self.num_shards)
 
     def call_each(self, method: str, args: Sequence[tuple]) -> list:
-        return _get([actor.run.remote(method, *a) for actor, a in zip(self.actors, args)])
+        return self._run_each(method, list(args))
 
     def put(self, value: Any) -> Any:
         return ray.put(value)
 
     def exchange(self, split: str, split_args: tuple, combine: str, combine_args: Sequence[tuple]) -> list:
         parts = self.num_shards
-        splits = []
-        for actor in self.actors:
-            refs = actor.run_split.options(num_returns=parts).remote(split, *split_args, parts)
-            splits.append(refs if parts > 1 else [refs])
-        return _get([
-            actor.run.remote(combine, *combine_args[p], *[splits[i][p] for i in range(parts)])
-            for p, actor in enumerate(self.actors)
-        ])
+
+        def split_of(index: int) -> list:
+            refs = self.actors[index].run_split.options(num_returns=parts).remote(split, *split_args, parts)
+            return refs if parts > 1 else [refs]
+
+        splits = [split_of(index) for index in range(parts)]
+
+        def refresh(recovered: set[int]) -> None:
+            for index in recovered:
+                splits[index] = split_of(index)
+
+        def submit(p: int) -> Any:
+            return self.actors[p].run.remote(combine, *combine_args[p], *[splits[i][p] for i in range(parts)])
+
+        return self._gather(combine, submit, refresh)
 
     def round_robin(self, method: str, *args: Any) -> list:
         exports = [actor.run.remote("export") for actor in self.actors]
+
+        def refresh(recovered: set[int]) -> None:
+            for index in recovered:
+                exports[index] = self.actors[index].run.remote("export")
+
         totals = [0] * self.num_shards
         for r in range(self.num_shards):
-            found = _get([
-                actor.run.remote(method, *args, exports[(i + r) % self.num_shards]) for i, actor in enumerate(self.actors)
-            ])
+            base = [(i + r) % self.num_shards for i in range(self.num_shards)]
+            found = self._gather(method, lambda i: self.actors[i].run.remote(method, *args, exports[base[i]]), refresh)
+            for index in range(self.num_shards):
+                self._remember(index, method, (*args, ExportOf(base[index])))
             totals = [t + f for t, f in zip(totals, found)]
         del exports
         return totals
 
     def stats(self) -> list[dict]:
-        return _get([actor.stats.remote() for actor in self.actors])
+        return self._gather("stats", lambda i: self.actors[i].stats.remote())
 
     def close(self) -> None:
         for actor in self.actors:
