@@ -92,17 +92,25 @@ def from_table(table: pa.Table, chunk_size: int | None) -> Manifest:
 def diff_listing(stored: pa.ChunkedArray | pa.Array, listed: pa.ChunkedArray | pa.Array) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
     """(new, gone): URIs of `listed` not in `stored` (listing order), URIs of `stored` not in `listed` (stored order).
 
-    Arrow's `is_in` builds one hash table of the other side at a time, about
-    the size of that column's buffers, so a 10M-row refresh stays in bounded memory.
+    Exact and in bounded memory: one dense rank (Arrow's sort-based `rank`) over
+    both columns side by side gives equal URIs equal integers, and membership is
+    then a lookup in a numpy table of those integers. About 17 bytes a row on top
+    of the two columns: no string is copied, no hash table of strings is built
+    (Arrow's `is_in` keeps ~100 bytes per distinct URI, a Python set ~150).
     """
-    new = _as_chunked(listed).filter(pc.invert(pc.is_in(listed, value_set=_as_array(stored))))
-    gone = _as_chunked(stored).filter(pc.invert(pc.is_in(stored, value_set=_as_array(listed))))
+    stored, listed = _as_chunked(stored), _as_chunked(listed)
+    both = pa.chunked_array([*stored.chunks, *listed.chunks], pa.string())
+    ranks = pc.rank(both, tiebreaker="dense").to_numpy()  # [S + L] uint64, equal strings -> equal rank
+    del both
+    stored_ranks, listed_ranks = ranks[: len(stored)], ranks[len(stored):]
+    seen = np.zeros(int(ranks.max(initial=0)) + 1, dtype=bool)
+    seen[stored_ranks] = True
+    new = listed.filter(pa.array(~seen[listed_ranks]))
+    seen[:] = False
+    seen[listed_ranks] = True
+    gone = stored.filter(pa.array(~seen[stored_ranks]))
     return new, gone
 
 
-def _as_array(values: pa.ChunkedArray | pa.Array) -> pa.Array:
-    return values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-
-
 def _as_chunked(values: pa.ChunkedArray | pa.Array) -> pa.ChunkedArray:
-    return values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values])
+    return values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values], pa.string())
