@@ -104,7 +104,8 @@ class StallWatch:
     def _abort(self) -> None:
         controller = self.controller
         if controller is None:
-            log.error("the watchdog cannot abort this training run (fit() not on the main thread); stop it by hand")
+            log.error("the watchdog cannot abort this training run: Ray Train did not hand over its controller "
+                      "(fit() not on the main thread, or Ray Train V1); stop it by hand")
             return
         try:  # what Ctrl-C does: the controller aborts its workers and exits, so its call fails
             ray.get(controller.abort.remote(), timeout=ABORT_GRACE_S)
