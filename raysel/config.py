@@ -227,6 +227,7 @@ class PretextConfig:
     max_image_pixels: int = _opt(89_478_485, "Reject larger images (decompression-bomb guard)")
     seed: int = _opt(0, "Seed for the init, the data order and the shuffles")
     s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
+    stall_timeout: float = _opt(600.0, "Stop with an error after this many seconds without a finished step (0: wait forever)")
     # --- fidelity to the released PT4AL code (docs/fidelity.md) ---
     shuffle: str = _opt(
         "buffer", "'buffer': a seeded local shuffle of --shuffle-buffer rows per epoch; 'full': a fresh seeded "
@@ -270,6 +271,8 @@ class PretextConfig:
             raise ValueError("--adamw-lr must be > 0, --adamw-weight-decay and --grad-clip >= 0, --warmup in [0, 1)")
         if self.shuffle_buffer < 0 or self.max_failures < 0:
             raise ValueError("--shuffle-buffer and --max-failures must be >= 0")
+        if self.stall_timeout < 0:
+            raise ValueError(f"--stall-timeout must be >= 0 seconds, got {self.stall_timeout}")
         for name, choices in (("shuffle", ("buffer", "full")), ("rotation_forwards", ("joint", "separate")), ("keep", ("last", "best"))):
             if getattr(self, name) not in choices:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {list(choices)}, got {getattr(self, name)!r}")

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from typing import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image, ImageOps
 
 from raysel import schema, storage
@@ -35,62 +38,140 @@ def is_manifest(source: str) -> bool:
 
 
 def list_images(source: str, options: StorageOptions | None = None) -> list[str]:
-    """Every image URI of `source`, sorted (a manifest keeps its own order).
+    """Every image URI of `source` as a Python list (small pools: pretext training, tests); see `list_image_uris`."""
+    return list_image_uris(source, options).to_pylist()
+
+
+LIST_THREADS = 16  # concurrent prefix listings on S3 (each a paginated ListObjectsV2 of its own)
+LISTING_BATCH = 65_536  # keys turned into one Arrow array at a time while listing
+
+
+def list_image_uris(source: str, options: StorageOptions | None = None) -> pa.ChunkedArray:
+    """Every image URI of `source` as an Arrow string column, sorted (a manifest keeps its own order).
 
     `source` is a local folder (recursive), an s3://bucket/prefix, or a manifest
     file (.parquet / .csv with a `uri` column). Hidden files and files whose name
     starts with '_' are skipped; every other file is an input (non-images are
     reported as errors by the run, not silently dropped).
+
+    The listing streams: keys become Arrow arrays `LISTING_BATCH` at a time (on S3
+    each first-level prefix is listed concurrently, `LIST_THREADS` at once), so
+    10M URIs take about 10M x (URI length + 4) bytes, not one Python string each.
+
+    Returns:
+        [N] string ChunkedArray, N >= 1.
     """
     if is_manifest(source):
-        return read_manifest(source, options)
+        return read_manifest_uris(source, options)
     fs, path = storage.filesystem(source, options)
     try:
         if not fs.exists(path):
             raise StorageError(f"source {source!r} does not exist (no such folder, bucket or prefix)")
         if not fs.isdir(path):
             raise StorageError(f"source {source!r} is a file; give a folder, an s3:// prefix or a .parquet/.csv manifest")
-        found = _find_parallel(fs, path) if storage.is_s3(source) else fs.find(path)
+        arrays = _list_s3(fs, path) if storage.is_s3(source) else list(_list_local(path))
     except StorageError:
         raise
     except PermissionError as exc:
         raise StorageError(f"access denied listing {source!r}: {exc}") from exc
     except OSError as exc:
         raise StorageError(f"cannot list {source!r}: {exc}") from exc
-    uris = sorted(
-        storage.full_uri(fs, name)
-        for name in found
-        if not any(part.startswith((".", "_")) for part in name[len(path):].split("/") if part)
-    )
-    if not uris:
+    uris = pa.chunked_array(arrays, pa.string())
+    if not len(uris):
         raise StorageError(f"no files under {source!r}")
-    return uris
+    # Byte order of UTF-8 = code point order = Python's sorted(). S3 lists each prefix in that order
+    # already, so a listing is often sorted as it comes: checked in one vectorized pass.
+    if len(uris) > 1 and pc.all(pc.less_equal(uris.slice(0, len(uris) - 1), uris.slice(1))).as_py():
+        return uris
+    return uris.take(pc.sort_indices(uris))
 
 
-LIST_THREADS = 16  # concurrent prefix listings on S3 (each a paginated ListObjectsV2 of its own)
+def _hidden(relative: str) -> bool:
+    """Whether a path relative to the listed root has a part starting with '.' or '_'."""
+    return any(part.startswith((".", "_")) for part in relative.split("/") if part)
 
 
-def _find_parallel(fs, path: str) -> list[str]:
-    """Every object key under `path`, listing its first-level prefixes concurrently (S3).
+def _list_local(path: str) -> Iterator[pa.Array]:
+    """Files under local folder `path` (symlinks followed, as fsspec's find), LISTING_BATCH per array."""
+    batch: list[str] = []
 
-    One delimiter listing gives the first level; each sub-prefix is then listed
-    on its own thread, so a bucket of millions of keys spread over prefixes is
-    listed at LIST_THREADS times the rate of a single `find`. Keys only (no
-    per-object detail dicts are kept).
+    def fail(exc: OSError) -> None:
+        raise exc
+
+    for root, dirs, files in os.walk(path, followlinks=True, onerror=fail):
+        dirs[:] = [d for d in dirs if not d.startswith((".", "_"))]  # a hidden folder hides all below it
+        for name in files:
+            if not name.startswith((".", "_")):
+                batch.append(os.path.join(root, name))
+        if len(batch) >= LISTING_BATCH:
+            yield pa.array(batch, pa.string())
+            batch = []
+    if batch:
+        yield pa.array(batch, pa.string())
+
+
+def _list_s3(fs, path: str) -> list[pa.Array]:
+    """Every visible object under `path` as s3:// URIs, listing its first-level prefixes concurrently.
+
+    One delimiter listing gives the first level (its files are kept, its
+    sub-prefixes queued); each sub-prefix is then one paginated listing of its
+    own, LIST_THREADS at a time on s3fs's event loop, so a bucket of millions of
+    keys spread over prefixes is listed at up to LIST_THREADS times the rate of
+    a single `find`. Every page's keys are turned into Arrow arrays at once; no
+    per-object detail dict outlives its page.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    import asyncio
 
-    entries = fs.ls(path, detail=True)
-    files = [e["name"] for e in entries if e.get("type") != "directory"]
-    prefixes = [e["name"].rstrip("/") for e in entries if e.get("type") == "directory"]
-    with ThreadPoolExecutor(max_workers=LIST_THREADS) as pool:
-        for names in pool.map(lambda prefix: fs.find(prefix), prefixes):
-            files.extend(names)
-    return files
+    from fsspec.asyn import sync
+
+    bucket, key, _ = fs.split_path(path)
+    root = f"{key}/" if key else ""
+
+    async def listing(prefix: str, delimiter: str, prefixes: list[str] | None) -> list[pa.Array]:
+        arrays, batch = [], []
+        async for entry in fs._iterdir(bucket, delimiter=delimiter, prefix=prefix):
+            name = entry["name"]  # bucket/key
+            if entry.get("type") == "directory":
+                if prefixes is not None and not _hidden(name[len(path):]):
+                    prefixes.append(name[len(bucket) + 1:].rstrip("/") + "/")
+                continue
+            if name.endswith("/") or _hidden(name[len(path):]):  # a folder marker, or hidden
+                continue
+            batch.append(f"s3://{name}")
+            if len(batch) >= LISTING_BATCH:
+                arrays.append(pa.array(batch, pa.string()))
+                batch = []
+        if batch:
+            arrays.append(pa.array(batch, pa.string()))
+        return arrays
+
+    async def everything() -> list[pa.Array]:
+        prefixes: list[str] = []
+        arrays = await listing(root, "/", prefixes)
+        slots = asyncio.Semaphore(LIST_THREADS)
+
+        async def one(prefix: str) -> list[pa.Array]:
+            async with slots:
+                return await listing(prefix, "", None)
+
+        for found in await asyncio.gather(*(one(p) for p in prefixes)):
+            arrays.extend(found)
+        return arrays
+
+    return sync(fs.loop, everything)
 
 
 def read_manifest(source: str, options: StorageOptions | None = None) -> list[str]:
-    """URIs listed in a .parquet/.csv manifest's `uri` column, validated."""
+    """URIs listed in a .parquet/.csv manifest's `uri` column, validated, as a Python list (see `read_manifest_uris`)."""
+    return read_manifest_uris(source, options).to_pylist()
+
+
+def read_manifest_uris(source: str, options: StorageOptions | None = None) -> pa.ChunkedArray:
+    """URIs listed in a .parquet/.csv manifest's `uri` column, validated with Arrow compute (no Python list).
+
+    Returns:
+        [N] string ChunkedArray in the manifest's order, a repeated URI kept at its first row (with a warning).
+    """
     try:
         table = storage.read_table_file(source, options, string_columns=(schema.URI,))
     except FileNotFoundError as exc:
@@ -100,30 +181,46 @@ def read_manifest(source: str, options: StorageOptions | None = None) -> list[st
     if schema.URI not in table.column_names:
         raise ManifestError(f"manifest {source!r} has no '{schema.URI}' column (columns: {table.column_names})")
     column = table.column(schema.URI)
-    if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+    del table
+    if pa.types.is_large_string(column.type):
+        column = column.cast(pa.string())
+    if not pa.types.is_string(column.type):
         raise ManifestError(f"manifest {source!r}: column '{schema.URI}' must hold strings, not {column.type}")
-    uris = column.to_pylist()
-    for row, uri in enumerate(uris):
-        if not uri or not uri.strip():
-            raise ManifestError(f"manifest {source!r}: row {row} has an empty '{schema.URI}'")
-        if "://" in uri and not uri.startswith(("s3://", "file://")):
-            raise ManifestError(f"manifest {source!r}: row {row} has unsupported URI {uri!r} (local paths and s3:// only)")
-    if len(set(uris)) != len(uris):
-        # A repeated URI is one image: featurizing it twice would put it twice in the store.
-        seen: set[str] = set()
-        unique = [u for u in uris if not (u in seen or seen.add(u))]
-        counts: dict[str, int] = {}
-        for uri in uris:
-            counts[uri] = counts.get(uri, 0) + 1
-        repeated = [u for u, n in counts.items() if n > 1]
-        log.warning(
-            "manifest %r lists %d URI(s) more than once (e.g. %r); each is featurized once (%d rows -> %d images)",
-            source, len(repeated), repeated[0], len(uris), len(unique),
+    empty = pc.fill_null(pc.equal(pc.utf8_trim_whitespace(column), ""), True)
+    row = pc.index(empty, True).as_py()
+    if row >= 0:
+        raise ManifestError(f"manifest {source!r}: row {row} has an empty '{schema.URI}'")
+    other_scheme = pc.and_(
+        pc.match_substring(column, "://"),
+        pc.invert(pc.or_(pc.starts_with(column, "s3://"), pc.starts_with(column, "file://"))),
+    )
+    row = pc.index(other_scheme, True).as_py()
+    if row >= 0:
+        raise ManifestError(
+            f"manifest {source!r}: row {row} has unsupported URI {column[row].as_py()!r} (local paths and s3:// only)"
         )
-        uris = unique
-    if not uris:
+    if not len(column):
         raise ManifestError(f"manifest {source!r} is empty")
-    return uris
+    return _first_occurrences(column, source)
+
+
+def _first_occurrences(column: pa.ChunkedArray, source: str) -> pa.ChunkedArray:
+    """`column` with every repeated value kept only at its first row (order kept), warning when any repeated."""
+    if pc.count_distinct(column).as_py() == len(column):
+        return column
+    # A repeated URI is one image: featurizing it twice would put it twice in the store.
+    order = pc.sort_indices(column)  # stable: equal URIs stay in row order, the first occurrence first
+    ordered = column.take(order)
+    later = pc.equal(ordered.slice(1), ordered.slice(0, len(ordered) - 1))  # [n - 1]: same as the one before
+    repeat = pa.chunked_array([pa.array([False]), *later.chunks], pa.bool_())
+    kept_rows = np.sort(order.filter(pc.invert(repeat)).to_numpy())
+    repeated = pc.unique(ordered.filter(repeat))
+    unique = column.take(pa.array(kept_rows))
+    log.warning(
+        "manifest %r lists %d URI(s) more than once (e.g. %r); each is featurized once (%d rows -> %d images)",
+        source, len(repeated), repeated[0].as_py(), len(column), len(unique),
+    )
+    return unique
 
 
 def decode_image(data: bytes, image_size: int, max_pixels: int) -> np.ndarray:

@@ -30,7 +30,8 @@ import pyarrow as pa
 
 from raysel import __version__, schema, storage
 from raysel.config import FeaturizeConfig, RayConfig, to_dict
-from raysel.images import DecodeBatch, list_images
+from raysel.images import DecodeBatch, list_image_uris
+from raysel.manifest import Manifest, diff_listing, from_table
 from raysel.shard_writer import CHUNK_ID, PARTS_DIR, ROWS, PartWriter, commit_chunk
 from raysel.store import FeatureStore, FeatureStoreError, chunk_id_of
 
@@ -85,23 +86,6 @@ def model_input_spec(config: FeaturizeConfig):
     return input_spec(model)
 
 
-@dataclass
-class Manifest:
-    """The store's work list: every URI and its chunk, in chunk order."""
-
-    uris: list[str]
-    chunk_ids: list[int]
-
-    def chunks(self) -> dict[int, list[str]]:
-        chunks: dict[int, list[str]] = {}
-        for uri, chunk_id in zip(self.uris, self.chunk_ids):
-            chunks.setdefault(chunk_id, []).append(uri)
-        return chunks
-
-    def table(self) -> pa.Table:
-        return pa.table({schema.URI: pa.array(self.uris, pa.string()), CHUNK_ID: pa.array(self.chunk_ids, pa.int64())})
-
-
 def featurize(config: FeaturizeConfig, ray_config: RayConfig | None = None, progress: bool = True) -> FeaturizeSummary:
     """Run, resume or refresh `raysel featurize`. Returns counts and throughput.
 
@@ -142,23 +126,23 @@ def _featurize_under_lease(config, ray_config, progress, store, spec, identity, 
     from raysel.runtime import ensure_ray
 
     manifest, added, removed = _open_or_create(store, config, identity)
-    chunks = manifest.chunks()
     done = {chunk_id_of(u) for u in store.shard_uris()}
-    pending = {i: c for i, c in chunks.items() if i not in done}
+    # Each pending chunk's URIs as an Arrow slice of the manifest: no Python string per image.
+    pending = {i: manifest.chunk_uris(span) for i, span in manifest.spans().items() if i not in done}
     processed = sum(len(c) for c in pending.values())
     if pending:
         log.info("featurizing %d images in %d chunks (%d chunks already done)", processed, len(pending), len(done))
         ensure_ray(ray_config)
         _run_chunks(store, config, spec, pending, progress)
     featurized, failed = store.num_rows(), store.read_errors().num_rows
-    if featurized + failed != len(manifest.uris):
+    if featurized + failed != manifest.num_rows:
         raise FeatureStoreError(
-            f"{store.uri}: {featurized} rows + {failed} errors != {len(manifest.uris)} images in the manifest"
+            f"{store.uri}: {featurized} rows + {failed} errors != {manifest.num_rows} images in the manifest"
         )
     seconds = time.time() - started
     summary = FeaturizeSummary(
         store=store.uri,
-        images=len(manifest.uris),
+        images=manifest.num_rows,
         featurized=featurized,
         failed=failed,
         processed_this_run=processed,
@@ -187,13 +171,8 @@ def read_store_manifest(store: FeatureStore, metadata: dict[str, Any]) -> Manife
         table = storage.read_parquet(store.path(schema.STORE_MANIFEST_FILE), store.options)
     except FileNotFoundError as exc:
         raise FeatureStoreError(f"{store.uri}: {schema.STORE_MANIFEST_FILE} is missing; the store is damaged") from exc
-    uris = table.column(schema.URI).to_pylist()
-    if CHUNK_ID in table.column_names:
-        chunk_ids = table.column(CHUNK_ID).to_pylist()
-    else:  # format 1: fixed-size chunks in manifest order
-        chunk_size = int(metadata["chunk_size"])
-        chunk_ids = [row // chunk_size for row in range(len(uris))]
-    return Manifest(uris, chunk_ids)
+    # Format 1 (URIs only): fixed-size chunks in manifest order.
+    return from_table(table, int(metadata["chunk_size"]) if "chunk_size" in metadata else None)
 
 
 def _open_or_create(
@@ -216,43 +195,38 @@ def _open_or_create(
             details = ", ".join(f"{k}: store has {old!r}, run asks {new!r}" for k, (old, new) in mismatched.items())
             raise FeatureStoreError(f"{store.uri} was written with other settings ({details}); use a new --out")
         manifest = read_store_manifest(store, metadata)
-        listed = list_images(config.source, config.storage())
-        known = set(manifest.uris)
-        new = [u for u in listed if u not in known]
-        listed_set = set(listed)
-        gone = [u for u in manifest.uris if u not in listed_set]
-        if gone:
+        listed = list_image_uris(config.source, config.storage())
+        new, gone = diff_listing(manifest.uris, listed)  # Arrow hash joins, not Python sets
+        del listed
+        if len(gone):
             log.warning("%d images of %s are gone from %s (e.g. %s); their rows stay, listed in %s",
-                        len(gone), store.uri, config.source, gone[0], schema.STORE_REMOVED_FILE)
-            storage.write_parquet_atomic(pa.table({schema.URI: pa.array(gone, pa.string())}),
+                        len(gone), store.uri, config.source, gone[0].as_py(), schema.STORE_REMOVED_FILE)
+            storage.write_parquet_atomic(pa.table({schema.URI: gone}),
                                          store.path(schema.STORE_REMOVED_FILE), store.options)
         elif storage.exists(store.path(schema.STORE_REMOVED_FILE), store.options):
             storage.remove_tree(store.path(schema.STORE_REMOVED_FILE), store.options)
         migrate = metadata.get("format_version", 1) < schema.STORE_FORMAT_VERSION
-        if new or migrate:
+        if len(new) or migrate:
             chunk_size = int(metadata["chunk_size"])
-            first = max(manifest.chunk_ids, default=-1) + 1
-            manifest = Manifest(
-                manifest.uris + new, manifest.chunk_ids + [first + row // chunk_size for row in range(len(new))]
-            )
-            if new:
+            manifest = manifest.appended(new, chunk_size)
+            if len(new):
                 log.info("refresh: %d new images in %s, appended as %d new chunks", len(new), config.source,
                          -(-len(new) // chunk_size))
                 # Incomplete again until the new chunks are done; the manifest is the refresh's commit.
                 storage.remove_tree(store.path(schema.STORE_SUCCESS_FILE), store.options)
-            storage.write_parquet_atomic(manifest.table(), manifest_uri, store.options)
-            store.write_metadata({**metadata, "format_version": schema.STORE_FORMAT_VERSION, "images": len(manifest.uris)})
+            storage.write_parquet_atomic(manifest.table, manifest_uri, store.options)
+            store.write_metadata({**metadata, "format_version": schema.STORE_FORMAT_VERSION, "images": manifest.num_rows})
         return manifest, len(new), len(gone)
-    uris = list_images(config.source, config.storage())
-    manifest = Manifest(uris, [row // config.chunk_size for row in range(len(uris))])
-    storage.write_parquet_atomic(manifest.table(), manifest_uri, store.options)
+    uris = list_image_uris(config.source, config.storage())
+    manifest = Manifest.of(uris, config.chunk_size)
+    storage.write_parquet_atomic(manifest.table, manifest_uri, store.options)
     store.write_metadata(
         {
             "format_version": schema.STORE_FORMAT_VERSION,
             "created": time.time(),
             "raysel_version": __version__,
             "chunk_size": config.chunk_size,
-            "images": len(uris),
+            "images": manifest.num_rows,
             **identity,
         }
     )
@@ -267,7 +241,7 @@ def featurize_plan(config: FeaturizeConfig):
                           bool(config.pretext))
 
 
-def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dict[int, list[str]], progress: bool) -> None:
+def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dict[int, pa.Array], progress: bool) -> None:
     import ray
     from ray.data import ActorPoolStrategy
 
@@ -287,7 +261,7 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
     storage.remove_tree(store.path(PARTS_DIR), store.options)
 
     blocks = [
-        pa.table({schema.URI: pa.array(uris, pa.string()), CHUNK_ID: pa.array([chunk_id] * len(uris), pa.int64())})
+        pa.table({schema.URI: uris, CHUNK_ID: pa.array(np.full(len(uris), chunk_id, dtype=np.int64))})
         for chunk_id, uris in sorted(pending.items())
     ]
     extra_sizes: dict[str, int] = {}
@@ -367,13 +341,13 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
             received[chunk_id] += rows
             bar.update(rows)
             if received[chunk_id] == expected[chunk_id]:  # a retried batch counts again: checked in the commit
-                committing[commit.remote(store, chunk_id, pending[chunk_id])] = chunk_id
+                committing[commit.remote(store, chunk_id, pending[chunk_id].to_pylist())] = chunk_id
         collect(timeout=0)
     bar.close()
     # Chunks whose count never matched (a retry counted twice, or rows lost): the commit checks the URI sets.
     for chunk_id, count in received.items():
         if count != expected[chunk_id]:
-            committing[commit.remote(store, chunk_id, pending[chunk_id])] = chunk_id
+            committing[commit.remote(store, chunk_id, pending[chunk_id].to_pylist())] = chunk_id
     deadline = time.time() + (config.stall_timeout or float("inf"))
     while committing and time.time() < deadline:
         collect(timeout=min(5.0, max(deadline - time.time(), 0.01)))

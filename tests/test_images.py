@@ -147,3 +147,31 @@ def test_s3_listing_in_parallel_by_prefix_equals_a_sorted_find(s3_endpoint, s3_b
     options = StorageOptions(s3_endpoint=s3_endpoint)
     expected = sorted(f"s3://{s3_bucket}/pool/{k}" for k in ["top.jpg", "a.jpg", "a/1.png", "a/b/2.png", "a-b/3.png", "z/4.jpg"])
     assert list_images(f"s3://{s3_bucket}/pool", options) == expected
+
+
+@pytest.mark.s3
+def test_s3_listing_over_several_prefixes_streams_the_same_sorted_uris_as_a_plain_find(s3_endpoint, s3_bucket, monkeypatch):
+    import boto3
+
+    from raysel import images, storage
+
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    keys = [f"{prefix}/{i:03d}.jpg" for prefix in ("p0", "p1", "p1-x", "q/deep/er") for i in range(7)] + ["root.png"]
+    for key in keys:
+        client.put_object(Bucket=s3_bucket, Key=f"pool/{key}", Body=b"x")
+    options = StorageOptions(s3_endpoint=s3_endpoint)
+    monkeypatch.setattr(images, "LISTING_BATCH", 3)  # many small Arrow arrays per prefix
+    monkeypatch.setattr(images, "LIST_THREADS", 2)  # fewer slots than prefixes
+    listed = images.list_image_uris(f"s3://{s3_bucket}/pool", options)
+    fs, path = storage.filesystem(f"s3://{s3_bucket}/pool", options)
+    assert listed.to_pylist() == sorted(f"s3://{name}" for name in fs.find(path))
+    assert listed.num_chunks >= 1 and len(listed) == len(keys)
+
+
+def test_local_listing_in_small_batches_equals_one_sorted_list(tmp_path, monkeypatch):
+    from raysel import images
+
+    write_files(tmp_path, {f"d{i % 3}/{i:02d}.jpg": b"x" for i in range(10)} | {"_tmp/a.jpg": b"", "d0/.b.jpg": b""})
+    monkeypatch.setattr(images, "LISTING_BATCH", 4)
+    expected = sorted(str(tmp_path / f"d{i % 3}" / f"{i:02d}.jpg") for i in range(10))
+    assert images.list_image_uris(str(tmp_path)).to_pylist() == expected

@@ -171,7 +171,10 @@ def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None) ->
         PretextError: unknown model, settings that differ from the existing
             model or checkpoints, no usable image.
         StorageError / ManifestError: a source that cannot be listed.
+        ResourcePlanError: the training workers and their decode task cannot fit the cluster.
+        StallError: no training step finished for `stall_timeout` seconds (the run is aborted).
     """
+    import ray
     from ray.train import DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -239,7 +242,11 @@ def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None) ->
     check_training_resources(cluster_total_cpus(), workers, config.cpus_per_worker, DECODE_CPUS)  # fail now, not hang
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True  # the same rows in the same order every epoch and every rerun
-    trainer = TorchTrainer(
+    from raysel.pretext.watchdog import ProgressBeacon, StallWatch, watched_trainer_class
+
+    beacon = ProgressBeacon.remote()
+    watch = StallWatch(beacon, config.stall_timeout)
+    trainer = watched_trainer_class(TorchTrainer, watch)(
         train_loop_per_worker,
         train_loop_config={
             "config": config,
@@ -248,6 +255,7 @@ def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None) ->
             "pause_after_epoch_s": float(os.environ.get(PAUSE_AFTER_EPOCH_ENV, "0") or 0),
             "optimizer": optimizer_name(config),
             "steps_per_epoch": max(1, math.ceil(len(uris) / config.batch_size)),
+            "beacon": beacon,
         },
         scaling_config=ScalingConfig(
             num_workers=workers,
@@ -261,7 +269,17 @@ def train_pretext(config: PretextConfig, ray_config: RayConfig | None = None) ->
         datasets={"train": dataset},
         dataset_config=DataConfig(execution_options=ingest),
     )
-    _fit(trainer)
+    try:
+        with watch:
+            _fit(trainer)
+    except Exception as exc:
+        if watch.fired is not None:
+            from raysel.runtime import StallError
+
+            raise StallError(watch.message()) from exc
+        raise
+    finally:
+        ray.kill(beacon)
     meta = checkpoints.load(config.out, options)["pretext"]
     # Ray Train keeps only metrics reported with a checkpoint; rank 0 leaves this run's numbers in the model file.
     this_run = meta.get("last_run", {})
@@ -402,8 +420,11 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     images_this_run, train_seconds = 0, 0.0
     autocast_dtype = torch.bfloat16 if device.type == "cuda" else None
 
+    from raysel.pretext.watchdog import StepReporter
+
+    reporter = StepReporter(loop_config.get("beacon"), rank)
     best = state.get("best") if found else None  # {"accuracy", "epoch", "backbone", "rotation_head"} (--keep best)
-    in_memory = _decoded_share(shard, per_worker) if config.shuffle == "full" else None
+    in_memory = _decoded_share(shard, per_worker, reporter) if config.shuffle == "full" else None
 
     def epoch_images(epoch: int, shuffled: bool = True):
         """[b, S, S, 3] uint8 batches of this worker's share for one epoch."""
@@ -447,6 +468,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             optimizer.step()
             totals[0] += loss.detach().double() * len(images)
             totals[1] += len(images)
+            reporter.step(epoch, step)
         if world > 1:
             dist.all_reduce(totals)
         if totals[1].item() == 0:
@@ -455,6 +477,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         images_this_run += int(totals[1].item())
         history.append(float(totals[0].item() / totals[1].item()))
         if config.keep == "best":
+            reporter.progress(f"epoch {epoch + 1}: rotation accuracy pass (--keep best) on rank {rank}", force=True)
             accuracy = _rotation_accuracy(model, epoch_images(epoch, shuffled=False), spec, device, world)
             if best is None or accuracy > best["accuracy"]:  # the released rotation.py: `if acc > best_acc`
                 best = {
@@ -482,6 +505,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         ray.train.report(
             {"epoch": epoch + 1, "loss": history[-1], "images_this_run": images_this_run, "train_seconds": train_seconds}
         )
+        reporter.step(epoch, steps_per_epoch - 1, force=True)  # the epoch's checkpoint is progress too
         if pause:
             time.sleep(pause)
 
@@ -504,9 +528,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
         checkpoints.save(checkpoints.export_model(net, config.model, spec, meta), config.out, options)
 
 
-def _decoded_share(shard, batch_size: int) -> np.ndarray:
+def _decoded_share(shard, batch_size: int, reporter=None) -> np.ndarray:
     """This worker's whole share, decoded, in the order Ray Data hands it: [n, S, S, 3] uint8 (--shuffle full)."""
-    parts = [np.asarray(batch[IMAGE]) for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy")]
+    parts = []
+    for batch in shard.iter_batches(batch_size=batch_size, batch_format="numpy"):
+        parts.append(np.asarray(batch[IMAGE]))
+        if reporter is not None:
+            reporter.progress(f"decoding the share of rank {reporter.rank} for --shuffle full ({len(parts)} batches)")
     return np.concatenate(parts) if parts else np.zeros((0, 1, 1, 3), np.uint8)
 
 
