@@ -112,16 +112,29 @@ class LocalRayCluster:
             time.sleep(0.5)
         raise TimeoutError(f"job API not up at {self.job_address} after {timeout} s; logs in {self.temp_dir}")
 
-    def add_worker(self, num_cpus: int = 1, resources: str | None = None) -> subprocess.Popen:
-        # Its own temp dir: nodes sharing one would share runtime_resources/, and one node's agent
-        # would delete a job's working_dir while another node's driver still runs in it.
-        node_dir = os.path.join(self.temp_dir, f"node-{len(self.nodes)}")
-        args = [f"--address={self.address}", f"--num-cpus={num_cpus}", f"--temp-dir={node_dir}"]
-        if resources:
-            args.append(f"--resources={resources}")
-        process = self._start(args)
-        self.wait_for_nodes(len(self.nodes))
-        return process
+    def add_worker(self, num_cpus: int = 1, resources: str | None = None, attempts: int = 2) -> subprocess.Popen:
+        """Start a worker node and wait until it is ALIVE.
+
+        `ray start` gives a raylet 30 s (hard-coded) to register with the GCS and exits otherwise;
+        on an overloaded machine that happens, so a node that exits during startup is started again
+        (`attempts` times in all) before the error is raised.
+        """
+        for attempt in range(attempts):
+            # Its own temp dir: nodes sharing one would share runtime_resources/, and one node's agent
+            # would delete a job's working_dir while another node's driver still runs in it.
+            node_dir = os.path.join(self.temp_dir, f"node-{len(self.nodes)}")
+            args = [f"--address={self.address}", f"--num-cpus={num_cpus}", f"--temp-dir={node_dir}"]
+            if resources:
+                args.append(f"--resources={resources}")
+            process = self._start(args)
+            try:
+                self.wait_for_nodes(len(self.nodes))
+                return process
+            except RuntimeError:
+                if process.poll() is None or attempt == attempts - 1:
+                    raise
+                self.nodes.remove(process)  # it exited during startup: try once more
+        raise AssertionError("unreachable")
 
     def alive_nodes(self) -> int:
         if self.dashboard:  # the state API over HTTP: no Ray driver to start for each poll
