@@ -112,17 +112,26 @@ print(json.dumps({"info": info, "samples": [{"filepath": s.filepath, "rank": s["
 """
 
 
-def test_fiftyone_importer_reads_the_export_into_samples(tmp_path):
-    reason = labeling_tools.missing()
-    if reason:
-        pytest.fail(reason)
+def export_fiftyone(tmp_path, order: list[int]):
+    """A pool, its store and a selection of the images at `order`, exported for FiftyOne with embeddings.
+
+    Returns (store vectors [N, D], selection path, picks, export folder).
+    """
     paths = write_images(str(tmp_path / "pool"))
     store = str(tmp_path / "store")
     vectors = write_pool_store(store, paths)
     selection = str(tmp_path / "selection.parquet")
-    picks = write_selection(selection, [paths[2], paths[0]], store)
+    picks = write_selection(selection, [paths[i] for i in order], store)
     out = str(tmp_path / "fiftyone")
     export_selection(ExportConfig(selection=selection, format="fiftyone", out=out, embeddings=True))
+    return vectors, selection, picks, out
+
+
+def test_fiftyone_importer_reads_the_export_into_samples(tmp_path):
+    reason = labeling_tools.missing()
+    if reason:
+        pytest.fail(reason)
+    vectors, selection, picks, out = export_fiftyone(tmp_path, [2, 0])
     env = {**os.environ, "FIFTYONE_DO_NOT_TRACK": "true", "FIFTYONE_DATABASE_DIR": str(tmp_path / "db")}
     env.pop("PYTHONPATH", None)
     done = subprocess.run([labeling_tools.tool("python"), "-c", FIFTYONE_READER, out],
@@ -162,14 +171,8 @@ def test_fiftyone_database_holds_the_export_and_indexes_its_embeddings(tmp_path)
     for reason in (labeling_tools.missing(), labeling_tools.mongod_missing()):
         if reason:
             pytest.fail(reason)
-    paths = write_images(str(tmp_path / "pool"))
-    store = str(tmp_path / "store")
-    vectors = write_pool_store(store, paths)
-    selection = str(tmp_path / "selection.parquet")
     order = [3, 0, 2]
-    picks = write_selection(selection, [paths[i] for i in order], store)
-    out = str(tmp_path / "fiftyone")
-    export_selection(ExportConfig(selection=selection, format="fiftyone", out=out, embeddings=True))
+    vectors, selection, picks, out = export_fiftyone(tmp_path, order)
 
     mongod, uri = labeling_tools.start_mongod(str(tmp_path / "mongo"), str(tmp_path / "mongod.log"))
     try:
