@@ -24,6 +24,18 @@ def ensure_ray(config: RayConfig | None = None) -> None:
         ray.init(num_cpus=config.num_cpus, num_gpus=config.num_gpus, include_dashboard=False)
 
 
+def get_reraising_input_errors(refs):
+    """ray.get, re-raising an input error (ValueError) from inside a task or actor as itself (no remote traceback)."""
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ray.get(refs)
+    except RayTaskError as exc:
+        if isinstance(exc.cause, ValueError):
+            raise exc.cause from None
+        raise
+
+
 def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 import ray
-from ray.exceptions import RayTaskError
 
 from raysel import __version__, storage
+from raysel.runtime import get_reraising_input_errors
 from raysel.config import DedupConfig, to_dict
 from raysel.dedup import kernel
 from raysel.dedup.shard_actor import RemoteDedupShard
@@ -88,14 +88,7 @@ def duplicates_table(parts: list[dict]) -> tuple[pa.Table, int]:
     return table, sum(part["groups"] for part in parts)
 
 
-def _get(refs):
-    """ray.get, re-raising an input error from inside an actor as itself (no remote traceback)."""
-    try:
-        return ray.get(refs)
-    except RayTaskError as exc:
-        if isinstance(exc.cause, ValueError):
-            raise exc.cause from None
-        raise
+_get = get_reraising_input_errors
 
 
 def run_dedup(config: DedupConfig) -> pa.Table:

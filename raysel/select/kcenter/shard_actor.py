@@ -22,8 +22,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError
 
+from raysel.runtime import get_reraising_input_errors
 from raysel.select import distances
 from raysel.select.kcenter.kernel import CenterBatch, Draw, KCenterShard, Proposal
 from raysel.select.kcenter.driver import ShardGroup, ShardSummary
@@ -236,13 +237,7 @@ class RayShardGroup(ShardGroup):
                 time.sleep(0.5)
 
     def _get(self, ref: Any) -> Any:
-        """ray.get, re-raising an input error from inside an actor as itself (no remote traceback)."""
-        try:
-            return ray.get(ref)
-        except RayTaskError as exc:
-            if isinstance(exc.cause, ValueError):
-                raise exc.cause from None
-            raise
+        return get_reraising_input_errors(ref)
 
     def _call_all(self, method: str, args_of: Callable[[int], tuple], retry_args_of: Callable[[int], tuple] | None = None) -> list:
         """Call `method` on every actor at once and gather; a dead actor is recovered and asked again."""
