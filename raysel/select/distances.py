@@ -25,15 +25,10 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
 
 import numpy as np
 
-try:  # holds BLAS to one thread inside the kernel; without it BLAS keeps its own default
-    from threadpoolctl import ThreadpoolController
-except ImportError:  # pragma: no cover
-    ThreadpoolController = None
-
+from raysel.select.blas import one_blas_thread
 from raysel.select.errors import InvalidVectorError, SelectionConfigError
 
 ROW_BLOCK = 512  # points per BLAS call (fixed: see module docstring)
@@ -179,19 +174,6 @@ def get_threads() -> int:
     return _threads
 
 
-_blas_controller = None
-
-
-def _single_threaded_blas():
-    """A context holding BLAS to one thread (a no-op without threadpoolctl)."""
-    global _blas_controller
-    if ThreadpoolController is None:
-        return nullcontext()
-    if _blas_controller is None:
-        _blas_controller = ThreadpoolController()  # inspecting the loaded libraries is the slow part: once
-    return _blas_controller.limit(limits=1, user_api="blas")
-
-
 def _over_row_chunks(rows: int, work) -> None:
     """Run work(start, stop) over contiguous chunks of whole row blocks, one per thread.
 
@@ -202,7 +184,7 @@ def _over_row_chunks(rows: int, work) -> None:
     workers = max(1, min(_threads, blocks))
     bounds = [min(rows, ROW_BLOCK * (blocks * part // workers)) for part in range(workers + 1)]
     chunks = [(start, stop) for start, stop in zip(bounds[:-1], bounds[1:]) if stop > start]
-    with _single_threaded_blas():
+    with one_blas_thread():
         if len(chunks) == 1:
             work(*chunks[0])
             return

@@ -22,7 +22,7 @@ import faiss
 import numpy as np
 
 from raysel.select.pool import ivf_lists
-from raysel.select.pool.blas import single_threaded
+from raysel.select.blas import single_threaded
 
 QUERY_BLOCK = 4096  # query rows per faiss call: bounds the transient result size
 CANDIDATE_MARGIN = 1e-4  # extra squared radius for the float32 search; exact float64 check after

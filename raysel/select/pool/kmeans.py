@@ -31,7 +31,7 @@ from typing import Callable
 
 import numpy as np
 
-from raysel.select.pool.blas import single_threaded
+from raysel.select.blas import single_threaded
 
 KMEANS_MAX_ITERS = 100
 KMEANS_TOLERANCE = 1e-4  # stop when at most this fraction of points changed cluster in a step

@@ -22,7 +22,7 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
-from raysel.select.pool.blas import single_threaded
+from raysel.select.blas import single_threaded
 from raysel.select.pool.embedding_pool import PoolIndex, check_budget, index_pool
 from raysel.select.pool.pool_shard import PoolShard
 from raysel.select.pool.store_rows import RowSlice, plan_shards

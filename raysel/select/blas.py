@@ -1,4 +1,4 @@
-"""`one_blas_thread()`: hold BLAS to one thread while a pool kernel runs.
+"""`one_blas_thread()`: hold BLAS to one thread while a selection kernel (K-Center passes, pool K-Means, ball graph) runs.
 
 The pool kernels make many small fixed-shape products; on a shared or busy machine a
 multi-threaded BLAS spends more time waking threads than computing (measured: 10x
