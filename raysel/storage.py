@@ -169,10 +169,15 @@ def read_table_file(uri: str, options: StorageOptions | None = None, string_colu
     return pq.read_table(io.BytesIO(raw))
 
 
-def read_uri_table(uri: str, what: str, error: type[Exception], options: StorageOptions | None = None) -> pa.Table:
-    """`read_table_file` of a file that must have a `uri` column; `error` naming `what` (e.g. "selection") otherwise."""
+def read_uri_table(
+    uri: str, what: str, error: type[Exception], options: StorageOptions | None = None, string_columns: tuple[str, ...] = ("uri",)
+) -> pa.Table:
+    """`read_table_file` of a file that must have a `uri` column; `error` naming `what` (e.g. "selection") otherwise.
+
+    `string_columns` are read as strings (a CSV column of numbers-like names stays text).
+    """
     try:
-        table = read_table_file(uri, options, string_columns=("uri",))
+        table = read_table_file(uri, options, string_columns=string_columns)
     except FileNotFoundError as exc:
         raise error(f"{what} {uri!r} does not exist") from exc
     except (pa.ArrowInvalid, OSError) as exc:

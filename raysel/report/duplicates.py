@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 
-import pyarrow as pa
-
 from raysel import storage
 from raysel.report.contact_sheet import read_thumbnails
 from raysel.report.inputs import ReportInputError, Selection
@@ -24,14 +22,7 @@ def duplicates_section(duplicates: str | None, selection: Selection, size: int, 
     title = "Near-duplicates left out"
     if not source:
         return Section("duplicates", title, absent("No duplicates file: pass --duplicates FILE (from `raysel dedup`)."))
-    try:
-        table = storage.read_table_file(source, options, string_columns=("uri", "duplicate_of"))
-    except FileNotFoundError as exc:
-        raise ReportInputError(f"duplicates file {source!r} does not exist") from exc
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise ReportInputError(f"duplicates file {source!r} is not a readable table: {exc}") from exc
-    if "uri" not in table.column_names:
-        raise ReportInputError(f"duplicates file {source!r} has no 'uri' column (columns: {table.column_names})")
+    table = storage.read_uri_table(source, "duplicates file", ReportInputError, options, string_columns=("uri", "duplicate_of"))
     removed = table.num_rows
     if "duplicate_of" not in table.column_names:
         body = f'<p class="note" id="duplicates-removed" data-removed="{removed}">{removed} images excluded ({escape(source)}).</p>'

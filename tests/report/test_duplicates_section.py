@@ -47,3 +47,17 @@ def test_no_duplicates_section_when_the_selection_excluded_nothing(tmp_path):
     build_report(ReportConfig(source=store, selection=selection, out=out, overlays=0))
     page = open(out).read()
     assert '<section id="duplicates">' not in page and '<section id="selection">' in page
+
+
+def test_duplicates_file_without_uri_column_is_named_in_the_error(tmp_path):
+    from raysel.report.inputs import ReportInputError
+
+    paths = write_images(str(tmp_path / "pool"))
+    store = str(tmp_path / "store")
+    write_pool_store(store, paths)
+    duplicates = str(tmp_path / "duplicates.csv")
+    open(duplicates, "w").write("path,duplicate_of\na.jpg,b.jpg\n")
+    selection = str(tmp_path / "selection.parquet")
+    write_selection(selection, [paths[0]], store, method="coreset")
+    with pytest.raises(ReportInputError, match=r"duplicates file .*duplicates\.csv.* has no 'uri' column"):
+        build_report(ReportConfig(source=store, selection=selection, out=str(tmp_path / "r.html"), overlays=0, duplicates=duplicates))
