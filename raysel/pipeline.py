@@ -53,6 +53,7 @@ class FeaturizeSummary:
     images_per_second: float
     added_this_run: int = 0  # images new in the source since the store was last refreshed
     removed_from_source: int = 0  # images in the store whose source object is gone (see _removed.parquet)
+    settings: str = ""  # this run's batch size, chunk size, actors and reservations ("(auto)": chosen from the cluster)
 
     def lines(self) -> str:
         text = (
@@ -62,6 +63,8 @@ class FeaturizeSummary:
             f"  this run: {self.processed_this_run} images in {self.seconds:.1f} s "
             f"({self.images_per_second:.1f} images/s)"
         )
+        if self.settings:
+            text += f"\n  settings: {self.settings}"
         if self.added_this_run:
             text += f"\n  refresh: {self.added_this_run} new images in the source, appended as new chunks"
         if self.removed_from_source:
@@ -168,6 +171,8 @@ def _featurize_under_lease(config, ray_config, progress, store, spec, identity, 
         log.info("featurizing %d images in %d chunks (%d chunks already done)", processed, len(pending), len(done))
         ensure_ray(ray_config)
         resources = resolve_resources(resolved, manifest.num_rows)
+        if config.chunk_size is None:  # the store's chunk size, chosen by the rules when it was created
+            resources = replace(resources, auto=(*resources.auto, "chunk_size"))
         resolved = replace(resolved, batch_size=resources.batch_size, model_actors=resources.model_actors,
                            kmeans_actors=resources.kmeans_actors, decode_threads=resources.decode_threads)
         log.info("featurize settings: %s", resources.describe())
@@ -192,6 +197,7 @@ def _featurize_under_lease(config, ray_config, progress, store, spec, identity, 
         images_per_second=processed / seconds if seconds > 0 else 0.0,
         added_this_run=added,
         removed_from_source=removed,
+        settings=resources.describe() if resources is not None else "",
     )
     storage.write_json_atomic(store.path(schema.RESOLVED_CONFIG_FILE), _resolved_config(store, resolved), store.options)
     store.mark_complete({"summary": asdict(summary), "raysel_version": __version__,
