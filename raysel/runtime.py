@@ -318,7 +318,7 @@ class FeaturizeResources:
         return {
             **{name: getattr(self, name) for name in ("batch_size", "chunk_size", "model_actors", "kmeans_actors",
                                                        "decode_threads", "decode_concurrency", "model_torch_threads")},
-            "decode_cpus": self.plan.decode.num_cpus,
+            "decode_cpus": round(self.plan.decode.num_cpus, 4),
             "auto": list(self.auto),
             "plan": self.plan.describe(),
             "notes": list(self.notes),
