@@ -382,9 +382,11 @@ def resolve_featurize(
         node_cpus = min((n.cpus for n in cpu_nodes), default=cluster.cpus)
         decode_share = math.ceil(node_cpus * CPU_MODEL_IMAGES_PER_CPU / (CPU_MODEL_IMAGES_PER_CPU + DECODE_IMAGES_PER_CPU))
         models = model_actors or max(len(cpu_nodes), 1)
-        # Leave room for a K-Means actor (and the pretext scorer) on the node.
-        per_model = math.floor(node_cpus - decode_share - MODEL_ACTOR_CPUS * (2 if pretext else 1))
-        if models <= max(len(cpu_nodes), 1) and per_model >= 2:
+        per_node = math.ceil(models / max(len(cpu_nodes), 1))
+        # Leave room on the node for a K-Means actor (and each model actor's pretext scorer).
+        spare = node_cpus - decode_share - MODEL_ACTOR_CPUS * (1 + (per_node if pretext else 0))
+        per_model = math.floor(spare / per_node)
+        if per_model >= 2:
             model_cpus = float(per_model)
             torch_threads = per_model
         elif model_actors is None:

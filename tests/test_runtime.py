@@ -159,6 +159,9 @@ def test_cpu_clusters_give_each_node_one_model_actor_with_most_of_its_cores():
     got = resolve_featurize(SHAPES["4 x 32 CPU"], VIT_S16, 1_281_167)
     assert got.model_actors == 4 and got.plan.model.num_cpus == 29 == got.model_torch_threads
     assert got.kmeans_actors >= 1 and got.plan.scaled == 1 and got.batch_size == 32
+    # Asked for 8 model actors on 4 nodes: two per node, each with half of the node's model cores.
+    two_per_node = resolve_featurize(SHAPES["4 x 32 CPU"], VIT_S16, None, model_actors=8)
+    assert two_per_node.plan.model.num_cpus == 14 == two_per_node.model_torch_threads
     laptop = resolve_featurize(SHAPES["laptop 2 CPU"], VIT_S16, 10_000)
     # A small machine: one model actor running torch on every core, reservations scaled to fit (as plan_featurize).
     assert (laptop.model_actors, laptop.kmeans_actors, laptop.model_torch_threads) == (1, 1, None)
