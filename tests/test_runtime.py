@@ -205,3 +205,26 @@ def test_featurize_fields_accept_auto_from_the_cli_yaml_and_python(tmp_path):
     assert all(getattr(FeaturizeConfig(**{n: "auto" for n in AUTO_FEATURIZE_FIELDS}), n) is None for n in AUTO_FEATURIZE_FIELDS)
     with pytest.raises(SystemExit):
         parser.parse_args(["pool", "--out", "s", "--batch-size", "big"])
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    nodes=st.lists(st.tuples(st.sampled_from([2, 4, 8, 16, 32, 64, 96]), st.sampled_from([0, 0, 1, 4, 8])),
+                   min_size=1, max_size=6),
+    images=st.one_of(st.none(), st.integers(1, 5_000_000)),
+    pretext=st.booleans(),
+    patches=st.sampled_from([64, 196, 784]),
+)
+def test_auto_defaults_never_oversubscribe_any_cluster(nodes, images, pretext, patches):
+    cluster = ClusterShape(tuple(NodeShape(cpus, gpus, 16 * 2**30, 5 * 2**30) for cpus, gpus in nodes))
+    model = ModelShape(224, patches, 384, 5)
+    got = resolve_featurize(cluster, model, images, pretext=pretext)
+    actors = sum(stage.cpus() for stage in got.plan.stages() if stage.count is not None)
+    assert actors + got.decode_concurrency * got.plan.decode.num_cpus <= cluster.cpus + 1e-6
+    assert all(s.num_cpus <= min(n.cpus for n in cluster.nodes) for s in got.plan.stages())  # fits on any node
+    assert MIN_BATCH <= got.batch_size <= MAX_BATCH
+    assert MIN_CHUNK <= got.chunk_size and got.chunk_size * row_bytes(model) <= SHARD_TARGET_BYTES
