@@ -17,6 +17,16 @@ def _base_type(annotation: Any) -> Any:
     return annotation
 
 
+def _or_auto(kind: Any) -> Any:
+    """`kind`, also accepting 'auto' (= None: the value is chosen at run time, e.g. from the cluster)."""
+
+    def parse(text: str) -> Any:
+        return None if text == "auto" else kind(text)
+
+    parse.__name__ = getattr(kind, "__name__", "value")  # argparse's "invalid int value: ..."
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), prefix: str = "") -> None:
     """One flag per dataclass field (`model_actors` -> `--model-actors`); help from field metadata.
 
@@ -40,6 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, .
             parser.add_argument(flag, dest=dest, action="store_true", default=default, help=help_text)
         else:
             shown = "" if default in (None, "", 0) else f" (default: {default})"
+            kind = _or_auto(kind) if f.metadata.get("auto") else kind
             parser.add_argument(flag, dest=dest, type=kind, default=default, help=help_text + shown)
 
 

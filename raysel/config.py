@@ -28,6 +28,10 @@ class RayConfig:
     num_gpus: int | None = _opt(None, "GPUs of the embedded Ray (ignored with --address)")
 
 
+# FeaturizeConfig fields whose None / "auto" means "chosen from the cluster" (raysel.runtime.resolve_featurize).
+AUTO_FEATURIZE_FIELDS = ("batch_size", "chunk_size", "model_actors", "kmeans_actors", "decode_threads")
+
+
 @dataclass
 class FeaturizeConfig:
     """`raysel featurize SOURCE --out STORE`: images -> embeddings + knowledge clusters."""
@@ -41,13 +45,24 @@ class FeaturizeConfig:
     clusters: int = _opt(5, "Knowledge clusters K per image")
     kmeans_iters: int = _opt(100, "Max K-Means iterations per image")
     kmeans_tol: float = _opt(1e-4, "K-Means stops when no center moves more than this")
-    batch_size: int = _opt(32, "Images per model batch")
-    chunk_size: int = _opt(512, "Images per work chunk: the unit of output shards and of resume")
-    model_actors: int | None = _opt(None, "Model actors (default: one per GPU, else 1)")
-    kmeans_actors: int | None = _opt(
-        None, "Knowledge-cluster K-Means actors (default: 1 on CPU clusters; 0 on GPU clusters = K-Means on the model's GPU)"
+    batch_size: int | None = _opt(
+        None, "Images per model batch ('auto'/default: from the cluster and model, 256 per GPU for ViT-S/16, "
+        "32 on CPUs; docs/operations.md)", auto=True
     )
-    decode_threads: int = _opt(8, "Concurrent object reads per decode task")
+    chunk_size: int | None = _opt(
+        None, "Images per work chunk: the unit of output shards and of resume ('auto'/default: shards of at most "
+        "128 MiB, >= 4 chunks per writing actor, >= 256 images; docs/operations.md)", auto=True
+    )
+    model_actors: int | None = _opt(
+        None, "Model actors ('auto'/default: one per GPU; on CPU clusters one per node)", auto=True
+    )
+    kmeans_actors: int | None = _opt(
+        None, "Knowledge-cluster K-Means actors ('auto'/default: 0 on GPU clusters = K-Means on the model's GPU; "
+        "on CPU clusters enough CPU actors for the model actors' rate, at least 1)", auto=True
+    )
+    decode_threads: int | None = _opt(
+        None, "Concurrent object reads per decode task ('auto'/default: 8 for local sources, 16 for s3://)", auto=True
+    )
     max_image_pixels: int = _opt(89_478_485, "Reject larger images (decompression-bomb guard)")
     seed: int = _opt(0, "Seed for everything random")
     s3_endpoint: str | None = _opt(None, "S3-compatible endpoint URL (default: $AWS_ENDPOINT_URL or AWS)")
@@ -71,6 +86,11 @@ class FeaturizeConfig:
         None, "Model precision: 'float32' (end to end, as the released code) or 'bf16' (bfloat16 autocast on GPU, "
         "kept patches shipped to K-Means as float16); default: bf16 on GPU, float32 model on CPU"
     )
+
+    def __post_init__(self) -> None:
+        for name in AUTO_FEATURIZE_FIELDS:  # "auto" (YAML, Python API) is the same as not set: chosen from the cluster
+            if getattr(self, name) == "auto":
+                setattr(self, name, None)
 
     def fidelity_identity(self) -> dict[str, Any]:
         """What of the K-Means rule and precision joins the store's identity: the init always (stores written
@@ -101,7 +121,7 @@ class FeaturizeConfig:
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"--tau must be in (0, 1], got {self.tau}")
         for name in ("clusters", "kmeans_iters", "batch_size", "chunk_size", "decode_threads"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.model_actors is not None and self.model_actors < 1:
             raise ValueError(f"--model-actors must be >= 1, got {self.model_actors}")

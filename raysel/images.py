@@ -5,9 +5,11 @@ image cannot take good images of the same batch down with it.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
@@ -284,9 +286,14 @@ def read_and_decode(uri: str, image_size: int, max_pixels: int, options: Storage
 
 
 def read_and_decode_sizes(
-    uri: str, sizes: tuple[int, ...], max_pixels: int, options: StorageOptions
+    uri: str, sizes: tuple[int, ...], max_pixels: int, options: StorageOptions,
+    decode_slots: threading.Semaphore | None = None,
 ) -> tuple[list[np.ndarray] | None, str]:
-    """([pixels per size], "") for a usable image, (None, reason) otherwise; never raises."""
+    """([pixels per size], "") for a usable image, (None, reason) otherwise; never raises.
+
+    With `decode_slots`, the decode (CPU work: PIL releases the GIL, so threads decode in parallel) waits
+    for a slot; the read (I/O) does not.
+    """
     try:
         data = storage.read_bytes(uri, options)
     except FileNotFoundError:
@@ -298,7 +305,8 @@ def read_and_decode_sizes(
     except OSError as exc:
         return None, f"read failed: {exc}"
     try:
-        return decode_image_sizes(data, sizes, max_pixels), ""
+        with decode_slots if decode_slots is not None else contextlib.nullcontext():
+            return decode_image_sizes(data, sizes, max_pixels), ""
     except ImageDecodeError as exc:
         return None, str(exc)
 
@@ -306,8 +314,10 @@ def read_and_decode_sizes(
 class DecodeBatch:
     """Ray Data batch function: `uri` column -> `uri`, `image` [B, S, S, 3] uint8, `error` (empty when fine).
 
-    Reads run in a thread pool (object-store latency dominates); a failed image
-    gets a zero image and its reason, and travels on so it is recorded.
+    Reads run in a thread pool of `threads` (object-store latency dominates); decodes,
+    which PIL runs outside the GIL, at most `cpus` at a time (rounded, at least 1), so
+    a task uses the CPUs it reserves. A failed image gets a zero image and its reason,
+    and travels on so it is recorded.
     `extra_sizes` ({column: size}) adds more columns of the same images decoded
     at other sizes, from the same bytes (e.g. `pretext_image` at the pretext model's size).
     """
@@ -319,19 +329,22 @@ class DecodeBatch:
         options: StorageOptions,
         threads: int = 8,
         extra_sizes: dict[str, int] | None = None,
+        cpus: float = 1.0,
     ):
         self.image_size = image_size
         self.max_pixels = max_pixels
         self.options = options
         self.threads = threads
         self.extra_sizes = dict(extra_sizes or {})
+        self.decode_slots = max(1, round(cpus))  # decodes at once: the CPUs the task reserves
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         uris = [str(u) for u in batch[schema.URI]]
         columns = ["image", *self.extra_sizes]
         sizes = (self.image_size, *self.extra_sizes.values())
         with ThreadPoolExecutor(max_workers=min(self.threads, max(1, len(uris)))) as pool:
-            results = list(pool.map(lambda u: read_and_decode_sizes(u, sizes, self.max_pixels, self.options), uris))
+            slots = threading.Semaphore(self.decode_slots)
+            results = list(pool.map(lambda u: read_and_decode_sizes(u, sizes, self.max_pixels, self.options, slots), uris))
         out = {key: value for key, value in batch.items()}
         for index, (column, size) in enumerate(zip(columns, sizes)):
             blank = np.zeros((size, size, 3), dtype=np.uint8)

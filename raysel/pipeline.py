@@ -22,14 +22,14 @@ import queue
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 
 from raysel import __version__, schema, storage
-from raysel.config import FeaturizeConfig, RayConfig, to_dict
+from raysel.config import AUTO_FEATURIZE_FIELDS, FeaturizeConfig, RayConfig, to_dict
 from raysel.images import DecodeBatch, list_image_uris
 from raysel.manifest import Manifest, diff_listing, from_table
 from raysel.shard_writer import CHUNK_ID, PARTS_DIR, ROWS, PartWriter, commit_chunk
@@ -53,6 +53,7 @@ class FeaturizeSummary:
     images_per_second: float
     added_this_run: int = 0  # images new in the source since the store was last refreshed
     removed_from_source: int = 0  # images in the store whose source object is gone (see _removed.parquet)
+    settings: str = ""  # this run's batch size, chunk size, actors and reservations ("(auto)": chosen from the cluster)
 
     def lines(self) -> str:
         text = (
@@ -62,6 +63,8 @@ class FeaturizeSummary:
             f"  this run: {self.processed_this_run} images in {self.seconds:.1f} s "
             f"({self.images_per_second:.1f} images/s)"
         )
+        if self.settings:
+            text += f"\n  settings: {self.settings}"
         if self.added_this_run:
             text += f"\n  refresh: {self.added_this_run} new images in the source, appended as new chunks"
         if self.removed_from_source:
@@ -84,6 +87,34 @@ def model_input_spec(config: FeaturizeConfig):
     with torch.device("meta"):
         model = timm.create_model(config.model, pretrained=False)
     return input_spec(model)
+
+
+def model_shape(config: FeaturizeConfig):
+    """The model's image size, patch tokens per image and embedding dim, without loading weights (for the defaults)."""
+    import timm
+    import torch
+
+    from raysel.runtime import ModelShape
+
+    with torch.device("meta"):
+        model = timm.create_model(config.model, pretrained=False)
+    size = model_input_spec(config).image_size
+    patches = getattr(getattr(model, "patch_embed", None), "num_patches", None) or (size // 16) ** 2
+    return ModelShape(image_size=size, patches=int(patches), dim=int(getattr(model, "embed_dim", 384)),
+                      clusters=config.clusters)
+
+
+def resolve_resources(config: FeaturizeConfig, images: int | None, chunk_size: int | None = None):
+    """The run's concrete batch size, chunk size, actors and reservations on the connected Ray cluster
+    (`runtime.resolve_featurize`): the config's values where set, the cluster-sized defaults otherwise."""
+    from raysel.runtime import ClusterShape, resolve_featurize
+
+    return resolve_featurize(
+        ClusterShape.of_ray(), model_shape(config), images,
+        batch_size=config.batch_size, chunk_size=chunk_size or config.chunk_size, model_actors=config.model_actors,
+        kmeans_actors=config.kmeans_actors, decode_threads=config.decode_threads, pretext=bool(config.pretext),
+        remote_source=storage.is_s3(config.source),
+    )
 
 
 def featurize(config: FeaturizeConfig, ray_config: RayConfig | None = None, progress: bool = True) -> FeaturizeSummary:
@@ -125,15 +156,31 @@ def featurize(config: FeaturizeConfig, ray_config: RayConfig | None = None, prog
 def _featurize_under_lease(config, ray_config, progress, store, spec, identity, started) -> FeaturizeSummary:
     from raysel.runtime import ensure_ray
 
-    manifest, added, removed = _open_or_create(store, config, identity)
+    def chunk_size_for(images: int) -> int:  # a new store without --chunk-size: chosen from the cluster
+        ensure_ray(ray_config)
+        return resolve_resources(config, images).chunk_size
+
+    manifest, added, removed = _open_or_create(store, config, identity, chunk_size_for)
     done = {chunk_id_of(u) for u in store.shard_uris()}
     # Each pending chunk's URIs as an Arrow slice of the manifest: no Python string per image.
     pending = {i: manifest.chunk_uris(span) for i, span in manifest.spans().items() if i not in done}
     processed = sum(len(c) for c in pending.values())
+    resolved = replace(config, chunk_size=store.metadata().get("chunk_size", config.chunk_size))  # the store's chunks win
+    resources = None
     if pending:
         log.info("featurizing %d images in %d chunks (%d chunks already done)", processed, len(pending), len(done))
         ensure_ray(ray_config)
-        _run_chunks(store, config, spec, pending, progress)
+        resources = resolve_resources(resolved, manifest.num_rows)
+        if config.chunk_size is None:  # the store's chunk size, chosen by the rules when it was created
+            resources = replace(resources, auto=(*resources.auto, "chunk_size"))
+        resolved = replace(resolved, batch_size=resources.batch_size, model_actors=resources.model_actors,
+                           kmeans_actors=resources.kmeans_actors, decode_threads=resources.decode_threads)
+        log.info("featurize settings: %s", resources.describe())
+        for note in resources.notes:
+            log.warning("%s", note)
+        if progress:  # what "auto" chose, before the progress bar
+            print(f"featurize: {resources.describe()}", file=sys.stderr, flush=True)
+        _run_chunks(store, resolved, spec, pending, progress, resources)
     featurized, failed = store.num_rows(), store.read_errors().num_rows
     if featurized + failed != manifest.num_rows:
         raise FeatureStoreError(
@@ -150,10 +197,26 @@ def _featurize_under_lease(config, ray_config, progress, store, spec, identity, 
         images_per_second=processed / seconds if seconds > 0 else 0.0,
         added_this_run=added,
         removed_from_source=removed,
+        settings=resources.describe() if resources is not None else "",
     )
-    storage.write_json_atomic(store.path(schema.RESOLVED_CONFIG_FILE), to_dict(config), store.options)
-    store.mark_complete({"summary": asdict(summary), "raysel_version": __version__})
+    storage.write_json_atomic(store.path(schema.RESOLVED_CONFIG_FILE), _resolved_config(store, resolved), store.options)
+    store.mark_complete({"summary": asdict(summary), "raysel_version": __version__,
+                         **({"resources": resources.as_dict()} if resources is not None else {})})
     return summary
+
+
+def _resolved_config(store: FeatureStore, resolved: FeaturizeConfig) -> dict[str, Any]:
+    """The config to record: every value concrete; a run with nothing to do keeps what the last run chose."""
+    values = to_dict(resolved)
+    if any(values[name] is None for name in AUTO_FEATURIZE_FIELDS):
+        try:
+            earlier = storage.read_json(store.path(schema.RESOLVED_CONFIG_FILE), store.options)
+        except (FileNotFoundError, ValueError):
+            earlier = {}
+        for name in AUTO_FEATURIZE_FIELDS:
+            if values[name] is None and earlier.get(name) is not None:
+                values[name] = earlier[name]
+    return values
 
 
 _FIDELITY_KEYS = {"kmeans_init", "kmeans_stop", "kmeans_empty", "precision"}  # FeaturizeConfig.fidelity_identity
@@ -176,13 +239,14 @@ def read_store_manifest(store: FeatureStore, metadata: dict[str, Any]) -> Manife
 
 
 def _open_or_create(
-    store: FeatureStore, config: FeaturizeConfig, identity: dict[str, Any]
+    store: FeatureStore, config: FeaturizeConfig, identity: dict[str, Any], chunk_size_for=None
 ) -> tuple[Manifest, int, int]:
     """The store's manifest after listing the source: (manifest, images added, images gone from the source).
 
     A new store gets the whole listing. An existing one (same settings required)
     gets the source's new URIs appended as new chunks; URIs gone from the source
-    are counted and written to `_removed.parquet` (their rows stay).
+    are counted and written to `_removed.parquet` (their rows stay). A new store's chunk size is
+    `config.chunk_size`, or `chunk_size_for(images)` when that is None ("auto").
     """
     manifest_uri = store.path(schema.STORE_MANIFEST_FILE)
     if store.exists():
@@ -218,14 +282,15 @@ def _open_or_create(
             store.write_metadata({**metadata, "format_version": schema.STORE_FORMAT_VERSION, "images": manifest.num_rows})
         return manifest, len(new), len(gone)
     uris = list_image_uris(config.source, config.storage())
-    manifest = Manifest.of(uris, config.chunk_size)
+    chunk_size = config.chunk_size or chunk_size_for(len(uris))
+    manifest = Manifest.of(uris, chunk_size)
     storage.write_parquet_atomic(manifest.table, manifest_uri, store.options)
     store.write_metadata(
         {
             "format_version": schema.STORE_FORMAT_VERSION,
             "created": time.time(),
             "raysel_version": __version__,
-            "chunk_size": config.chunk_size,
+            "chunk_size": chunk_size,
             "images": manifest.num_rows,
             **identity,
         }
@@ -235,19 +300,18 @@ def _open_or_create(
 
 def featurize_plan(config: FeaturizeConfig):
     """The resource plan of a featurize run on the Ray cluster this process is connected to."""
-    from raysel.runtime import cluster_total_cpus, cluster_total_gpus, plan_featurize
-
-    return plan_featurize(cluster_total_cpus(), cluster_total_gpus(), config.model_actors, config.kmeans_actors,
-                          bool(config.pretext))
+    return resolve_resources(config, None).plan
 
 
-def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dict[int, pa.Array], progress: bool) -> None:
+def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dict[int, pa.Array], progress: bool,
+                resources=None) -> None:
     import ray
     from ray.data import ActorPoolStrategy
 
     from raysel.embed.featurizer import Featurizer, KMeansSettings
 
-    plan = featurize_plan(config)
+    resources = resources or resolve_resources(config, None)
+    plan = resources.plan
     log.info("resource plan: %s", plan.describe())
     if plan.scaled < 1:
         log.warning("the cluster is small for featurize: CPU reservations scaled by %.2f to fit (%s)",
@@ -272,15 +336,16 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
         _, pretext_spec, _ = load_model(config.pretext, config.storage())  # fail here, with the reason, not in an actor
         extra_sizes[PRETEXT_IMAGE] = pretext_spec.image_size
     dataset = ray.data.from_arrow(blocks).map_batches(
-        DecodeBatch(spec.image_size, config.max_image_pixels, config.storage(), config.decode_threads, extra_sizes),
-        batch_size=config.batch_size,
+        DecodeBatch(spec.image_size, config.max_image_pixels, config.storage(), resources.decode_threads, extra_sizes,
+                    cpus=plan.decode.num_cpus),
+        batch_size=resources.batch_size,
         num_cpus=plan.decode.num_cpus,
     )
     if config.pretext:
         dataset = dataset.map_batches(
             PretextScorer,
             fn_constructor_kwargs={"model_uri": absolute_uri(config.pretext), "storage_options": config.storage()},
-            batch_size=config.batch_size,
+            batch_size=resources.batch_size,
             compute=ActorPoolStrategy(size=plan.pretext.count),
             num_cpus=plan.pretext.num_cpus,
             **({"num_gpus": plan.pretext.num_gpus} if plan.pretext.num_gpus else {}),
@@ -296,13 +361,14 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
             "storage_options": config.storage(),
             "seed": config.seed,
             "precision": config.precision,
+            "torch_threads": resources.model_torch_threads,
             "kmeans": KMeansSettings(
                 config.clusters, config.kmeans_iters, config.kmeans_tol,
                 init=config.kmeans_init, stop=config.kmeans_stop, empty=config.kmeans_empty, seed=config.seed,
             ) if in_actor_kmeans else None,
             **({"store": store} if in_actor_kmeans else {}),
         },
-        batch_size=config.batch_size,
+        batch_size=resources.batch_size,
         compute=ActorPoolStrategy(size=plan.model.count),
         num_cpus=plan.model.num_cpus,
         **({"num_gpus": plan.model.num_gpus} if plan.model.num_gpus else {}),
@@ -313,7 +379,7 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
             fn_constructor_kwargs={"store": store, "clusters": config.clusters, "max_iters": config.kmeans_iters,
                                    "tol": config.kmeans_tol, "init": config.kmeans_init, "stop": config.kmeans_stop,
                                    "empty": config.kmeans_empty, "seed": config.seed},
-            batch_size=max(config.batch_size, 128),
+            batch_size=max(resources.batch_size, 128),
             compute=ActorPoolStrategy(size=plan.kmeans.count),
             num_cpus=plan.kmeans.num_cpus,
         )

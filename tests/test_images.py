@@ -75,6 +75,42 @@ def test_decode_batch_keeps_good_images_next_to_bad_ones(tmp_path):
     assert out["image"].shape == (len(uris), 16, 16, 3)
 
 
+@pytest.mark.parametrize("cpus, most", [(1.0, 1), (0.5, 1), (2.0, 2)])
+def test_decode_batch_decodes_at_most_its_reserved_cpus_at_once_while_reads_overlap(tmp_path, monkeypatch, cpus, most):
+    """A decode task reserving 1 CPU uses one: PIL decodes outside the GIL, so 8 threads would use 8 cores."""
+    import threading
+    import time
+
+    import raysel.images as images
+
+    write_files(tmp_path, good_files(8))
+    uris = np.array(sorted(str(tmp_path / name) for name in good_files(8)), dtype=object)
+    lock, running, seen, reads = threading.Lock(), [0], [0], [0]
+    decode, read = images.decode_image_sizes, images.storage.read_bytes
+
+    def counting_decode(*args):
+        with lock:
+            running[0] += 1
+            seen[0] = max(seen[0], running[0])
+        time.sleep(0.05)  # long enough for the other threads to try
+        try:
+            return decode(*args)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    def counting_read(*args):
+        with lock:
+            reads[0] += 1
+        return read(*args)
+
+    monkeypatch.setattr(images, "decode_image_sizes", counting_decode)
+    monkeypatch.setattr(images.storage, "read_bytes", counting_read)
+    out = DecodeBatch(16, LIMIT, StorageOptions(), threads=8, cpus=cpus)({"uri": uris})
+    assert list(out["error"]) == [""] * 8 and reads[0] == 8
+    assert seen[0] == most
+
+
 def test_list_local_folder_recursive_sorted_skips_hidden(tmp_path):
     write_files(tmp_path, {"b/x.png": b"1", "a.jpg": b"2", ".hidden.jpg": b"3", "_SUCCESS": b"", "c/d/e.png": b"4"})
     assert list_images(str(tmp_path)) == [str(tmp_path / p) for p in ("a.jpg", "b/x.png", "c/d/e.png")]

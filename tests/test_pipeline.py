@@ -245,10 +245,24 @@ def test_cli_featurize_pretext_finishes_on_the_machines_real_cpus(tmp_path):
     uris = write_pool(tmp_path / "pool", good_files(6, seed=320))
     model = rotation_model(tmp_path / "rot.pt")
     result = run_cli(["featurize", str(tmp_path / "pool"), "--out", str(tmp_path / "store"), "--pretext", model,
-                      "--model", "test_vit", "--random-init", "--clusters", "3", "--batch-size", "4", "--chunk-size", "4",
-                      "--no-progress", "--stall-timeout", "240"], timeout=400)
+                      "--model", "test_vit", "--random-init", "--clusters", "3", "--batch-size", "auto",
+                      "--stall-timeout", "240"], timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "featurized: 6" in result.stdout
+    # The cluster-sized defaults on this machine's real CPUs, said in the summary and recorded with the store.
+    cpus = os.cpu_count()
+    assert "batch_size 32 (auto), chunk_size 256 (auto)" in result.stdout, result.stdout
+    assert "featurize: batch_size 32 (auto)" in result.stderr  # said before the progress bar
+    resolved = json.loads((tmp_path / "store" / schema.RESOLVED_CONFIG_FILE).read_text())
+    chosen = {k: resolved[k] for k in ("batch_size", "chunk_size", "model_actors", "kmeans_actors", "decode_threads")}
+    assert chosen == {"batch_size": 32, "chunk_size": 256, "model_actors": 1, "kmeans_actors": 1, "decode_threads": 8}
+    resources = json.loads((tmp_path / "store" / schema.STORE_SUCCESS_FILE).read_text())["resources"]
+    assert resources["decode_cpus"] <= 1 and f"on {cpus:g} CPUs" in resources["plan"]
+    # A rerun with nothing to do (no Ray started) keeps the record of what was chosen.
+    again = featurize(FeaturizeConfig(source=str(tmp_path / "pool"), out=str(tmp_path / "store"), pretext=model,
+                                      model="test_vit", random_init=True, clusters=3), progress=False)
+    assert again.processed_this_run == 0
+    assert {k: json.loads((tmp_path / "store" / schema.RESOLVED_CONFIG_FILE).read_text())[k] for k in chosen} == chosen
     rows = rows_of(FeatureStore(str(tmp_path / "store")))
     assert rows.column("uri").to_pylist() == uris
     assert np.isfinite(rows.column(schema.PRETEXT_LOSS).to_numpy()).all()
