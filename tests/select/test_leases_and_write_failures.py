@@ -1,5 +1,8 @@
 """Two runs into one output get a clear error; failed writes name the path, leave nothing half-written, and resume.
 
+Two runs at once are two real `raysel` processes started together; whichever takes the lease is
+held (SIGSTOP) until the other has met it, so the overlap does not depend on timing.
+
 Read-only folders and full disks are real: a tmpfs mounted read-only or a few KiB small (root),
 or a folder without write permission (any other user).
 """
@@ -7,9 +10,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -96,6 +101,86 @@ def test_second_featurize_into_the_same_store_is_refused(tmp_path, live_owner):
     with pytest.raises(LeaseError, match=f"feature store {out} is being written by another run"):
         featurize(config, progress=False)
     assert sorted(os.listdir(out)) == [STORE_LEASE_FILE]  # no manifest, no shard, nothing interleaved
+
+
+RAYSEL = [sys.executable, "-m", "raysel.cli"]
+
+
+def lease_owner_pid(lease: str, pids: set[int], deadline: float) -> int:
+    """The pid of the process (one of `pids`) named in `lease`, once it appears; fails the test at `deadline`."""
+    while time.time() < deadline:
+        try:
+            with open(lease) as handle:
+                pid = json.load(handle).get("pid")
+            if pid in pids:
+                return pid
+        except (FileNotFoundError, ValueError):  # not yet there, or being written
+            pass
+        time.sleep(0.01)
+    raise AssertionError(f"no lease {lease} by one of {sorted(pids)} within the time")
+
+
+def two_runs_at_once(command: list[str], lease: str, folder, timeout: float = 240.0) -> tuple[dict, dict]:
+    """Start `command` twice together; hold the lease owner (SIGSTOP) until the other exits, then let it finish.
+
+    Returns (owner, other): each {"pid", "code", "stdout", "stderr"}. Waits are bounded; only these two pids are
+    signalled or killed.
+    """
+    deadline = time.time() + timeout
+    runs = []
+    for index in range(2):
+        stdout, stderr = open(folder / f"run{index}.out", "w+"), open(folder / f"run{index}.err", "w+")
+        runs.append({"process": subprocess.Popen(command, stdout=stdout, stderr=stderr, text=True),
+                     "files": (stdout, stderr)})
+    try:
+        owner_pid = lease_owner_pid(lease, {run["process"].pid for run in runs}, deadline)
+        owner = next(run for run in runs if run["process"].pid == owner_pid)
+        other = next(run for run in runs if run is not owner)
+        os.kill(owner_pid, signal.SIGSTOP)  # the owner is alive and holds the lease while the other starts
+        try:
+            other["process"].wait(timeout=max(deadline - time.time(), 1))
+        finally:
+            os.kill(owner_pid, signal.SIGCONT)
+        owner["process"].wait(timeout=max(deadline - time.time(), 1))
+    finally:
+        for run in runs:
+            if run["process"].poll() is None:
+                run["process"].kill()
+                run["process"].wait()
+    results = []
+    for run in (owner, other):
+        texts = []
+        for handle in run["files"]:
+            handle.seek(0)
+            texts.append(handle.read())
+            handle.close()
+        results.append({"pid": run["process"].pid, "code": run["process"].returncode,
+                        "stdout": texts[0], "stderr": texts[1]})
+    return results[0], results[1]
+
+
+@pytest.mark.ray
+def test_two_select_processes_into_one_out_one_writes_the_other_is_refused(ray_session, tmp_path, store):
+    path, uris, vectors = store
+    solo = str(tmp_path / "solo" / "selection.parquet")
+    run_selection(SelectConfig(store=path, out=solo, budget=BUDGET), progress=False)
+    out = str(tmp_path / "selection.parquet")
+    address = ray_session.get_runtime_context().gcs_address  # both join the session's Ray: no Ray start each
+    command = [*RAYSEL, "select", path, "--out", out, "--budget", str(BUDGET), "--address", address, "--no-progress"]
+    owner, other = two_runs_at_once(command, out + ".lease", tmp_path)
+    assert owner["code"] == 0 and f"selected {BUDGET} images -> {out}" in owner["stdout"], owner
+    assert other["code"] == 2, other
+    lines = [line for line in other["stderr"].splitlines() if line.startswith("raysel: error:")]  # Ray logs its connect
+    assert len(lines) == 1 and "Traceback" not in other["stderr"], other["stderr"]
+    assert (f"--out {out} is being written by another run (host {socket.gethostname()}, pid {owner['pid']}"
+            in lines[0]), lines
+    # The output and its record are whole and equal a solo run's; no lease, checkpoint or temporary file is left.
+    assert storage.read_parquet(out).equals(storage.read_parquet(solo))
+    written, alone = json.load(open(out + ".config.json")), json.load(open(solo + ".config.json"))
+    assert written["fingerprint"] == alone["fingerprint"]
+    assert {**written["config"], "out": None} == {**alone["config"], "out": None}
+    assert sorted(os.listdir(tmp_path)) == sorted(["solo", "store", "run0.out", "run0.err", "run1.out", "run1.err",
+                                                   "selection.parquet", "selection.parquet.config.json"])
 
 
 # ----------------------------------------------------------------------------- failing writes
