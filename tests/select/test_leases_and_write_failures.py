@@ -3,7 +3,8 @@
 Two runs at once are two real `raysel` processes started together; whichever takes the lease is
 held (SIGSTOP) until the other has met it, so the overlap does not depend on timing.
 
-Read-only folders and full disks are real: a tmpfs mounted read-only or a few KiB small (root),
+Read-only folders and full disks are real: a folder with the immutable attribute or a tmpfs mounted
+read-only, a tmpfs a few KiB small (root),
 or a folder without write permission (any other user).
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 
+import pyarrow as pa
 import pytest
 
 from raysel import storage
@@ -183,6 +185,33 @@ def test_two_select_processes_into_one_out_one_writes_the_other_is_refused(ray_s
                                                    "selection.parquet", "selection.parquet.config.json"])
 
 
+@pytest.mark.torch
+def test_two_featurize_processes_into_one_store_one_writes_the_other_is_refused(ray_session, tmp_path):
+    from raysel.images import list_images
+    from raysel.pipeline import STORE_LEASE_FILE
+    from raysel.sample_pool import make_sample_pool
+    from raysel.store import FeatureStore
+
+    pool = make_sample_pool(str(tmp_path / "pool"), count=4, seed=0)
+    out = tmp_path / "store"
+    address = ray_session.get_runtime_context().gcs_address
+    command = [*RAYSEL, "featurize", str(tmp_path / "pool"), "--out", str(out), "--model", "test_vit", "--random-init",
+               "--clusters", "2", "--batch-size", "4", "--chunk-size", "2", "--address", address, "--no-progress"]
+    owner, other = two_runs_at_once(command, str(out / STORE_LEASE_FILE), tmp_path)
+    assert owner["code"] == 0 and "featurized: 4" in owner["stdout"], owner
+    assert other["code"] == 2 and "Traceback" not in other["stderr"], other
+    lines = [line for line in other["stderr"].splitlines() if line.startswith("raysel: error:")]
+    assert len(lines) == 1 and (f"feature store {out} is being written by another run "
+                                f"(host {socket.gethostname()}, pid {owner['pid']}") in lines[0], other["stderr"]
+    # One run's store, whole: each image once, in its chunk's shard; no lease or parts left.
+    store = FeatureStore(str(out))
+    assert store.is_complete() and not (out / STORE_LEASE_FILE).exists() and store.read_errors().num_rows == 0
+    shards = [store.read_shard(uri, ["uri"]) for uri in store.shard_uris()]
+    assert [shard.num_rows for shard in shards] == [2, 2]
+    assert [u for shard in shards for u in shard.column("uri").to_pylist()] == list_images(str(tmp_path / "pool"))
+    assert len(pool) == 4
+
+
 # ----------------------------------------------------------------------------- failing writes
 
 
@@ -195,20 +224,43 @@ def unmount(path: str) -> None:
     subprocess.run(["umount", path], capture_output=True)
 
 
+def cannot_write_into(folder: str) -> bool:
+    """Whether creating a file in `folder` fails for this process (the check that a way to forbid it worked)."""
+    probe = os.path.join(folder, "probe")
+    try:
+        open(probe, "w").close()
+    except OSError:
+        return True
+    os.remove(probe)
+    return False
+
+
+def set_immutable(folder: str, on: bool) -> bool:
+    return subprocess.run(["chattr", "+i" if on else "-i", folder], capture_output=True).returncode == 0
+
+
 @pytest.fixture
 def read_only_folder(tmp_path):
-    """(folder, make_writable): a folder this process cannot write into, and the fix."""
+    """(folder, make_writable): a folder this process cannot write into, and the fix.
+
+    Not root: permissions (0o555). Root, whom permissions do not stop: the immutable attribute
+    (`chattr +i`, ext4/xfs/btrfs, no mount needed), else a tmpfs mounted read-only.
+    """
     folder = str(tmp_path / "ro")
-    if os.geteuid() == 0:
-        if not mount_tmpfs(folder, "size=1m,ro"):
-            pytest.skip("running as root without the right to mount a tmpfs: no way to make a read-only folder")
+    os.makedirs(folder)
+    if os.geteuid() != 0:
+        os.chmod(folder, 0o555)
+        assert cannot_write_into(folder)
+        yield folder, lambda: os.chmod(folder, 0o755)
+        os.chmod(folder, 0o755)
+    elif set_immutable(folder, True) and cannot_write_into(folder):
+        yield folder, lambda: set_immutable(folder, False)
+        set_immutable(folder, False)
+    elif mount_tmpfs(folder, "size=1m,ro"):
         yield folder, lambda: subprocess.run(["mount", "-o", "remount,rw", folder], check=True)
         unmount(folder)
     else:
-        os.makedirs(folder)
-        os.chmod(folder, 0o555)
-        yield folder, lambda: os.chmod(folder, 0o755)
-        os.chmod(folder, 0o755)
+        pytest.skip("root, on a filesystem without the immutable attribute and without the right to mount a tmpfs")
 
 
 @pytest.mark.ray
