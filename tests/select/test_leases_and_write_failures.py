@@ -276,6 +276,25 @@ def test_select_into_a_read_only_folder_names_the_path_and_resumes_once_fixed(ra
     assert table.equals(select_reference(vectors, uris, BUDGET))
 
 
+@pytest.mark.torch
+def test_featurize_into_a_read_only_folder_names_the_path_and_resumes_once_fixed(ray_session, tmp_path, read_only_folder):
+    from raysel.pipeline import featurize
+    from raysel.sample_pool import make_sample_pool
+    from raysel.store import FeatureStore
+
+    make_sample_pool(str(tmp_path / "pool"), count=4, seed=0)
+    folder, make_writable = read_only_folder
+    out = os.path.join(folder, "store")
+    config = FeaturizeConfig(source=str(tmp_path / "pool"), out=out, model="test_vit", random_init=True, clusters=2,
+                             batch_size=4, chunk_size=2)
+    with pytest.raises(StorageWriteError, match=f"cannot write {out}/"):
+        featurize(config, progress=False)
+    assert os.listdir(folder) == []
+    make_writable()
+    summary = featurize(config, progress=False)
+    assert summary.featurized == 4 and summary.failed == 0 and FeatureStore(out).is_complete()
+
+
 @pytest.mark.ray
 def test_select_onto_a_full_disk_leaves_no_partial_output(ray_session, tmp_path, store):
     if os.geteuid() != 0:
