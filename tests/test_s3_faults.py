@@ -3,8 +3,9 @@
 At a 5% fault rate (503 SlowDown, 500, connection resets, delays), `select` (store reads,
 checkpoint and output writes) and `featurize` (listing, reading, shard writes) complete with the
 same results as without faults, every request retried within `s3_max_attempts`. With the
-endpoint down entirely, a run fails within a bounded time with a clear error, and the rerun
-after the endpoint is back completes.
+endpoint down entirely, a run (select, featurize) fails within a bounded time with a clear error,
+and the rerun after the endpoint is back completes. Storage that stops answering after the
+listing fails the featurize run (resumable) and records no image as bad.
 """
 from __future__ import annotations
 
