@@ -163,7 +163,7 @@ def main() -> None:
             results = []
             for variant in variants:
                 path = os.path.join(workdir, f"{kind}-{budget}-{variant}.json")
-                if args.render_only:
+                if args.render_only or os.path.exists(path):  # a finished variant is not rerun (resume)
                     if os.path.exists(path):
                         results.append(json.loads(Path(path).read_text()))
                     continue

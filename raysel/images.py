@@ -1,7 +1,10 @@
 """Where images come from (folders, s3:// prefixes, manifests) and how bytes become pixels.
 
 Decoding never raises for a bad file: it returns the reason, so one corrupt
-image cannot take good images of the same batch down with it.
+image cannot take good images of the same batch down with it. Storage that does
+not answer (after every retry) raises StorageUnavailableError instead: an
+outage is not the image's fault, and the run stops, resumable, rather than
+record good images as bad.
 """
 from __future__ import annotations
 
@@ -76,8 +79,12 @@ def list_image_uris(source: str, options: StorageOptions | None = None) -> pa.Ch
         raise
     except PermissionError as exc:
         raise StorageError(f"access denied listing {source!r}: {exc}") from exc
-    except OSError as exc:
-        raise StorageError(f"cannot list {source!r}: {exc}") from exc
+    except Exception as exc:  # botocore's connection errors are no OSError
+        if storage.is_unavailable(exc):
+            raise storage.unavailable_error("listing", source, exc, options) from exc
+        if isinstance(exc, OSError):
+            raise StorageError(f"cannot list {source!r}: {exc}") from exc
+        raise
     uris = pa.chunked_array(arrays, pa.string())
     if not len(uris):
         raise StorageError(f"no files under {source!r}")
@@ -289,8 +296,10 @@ def read_and_decode_sizes(
     uri: str, sizes: tuple[int, ...], max_pixels: int, options: StorageOptions,
     decode_slots: threading.Semaphore | None = None,
 ) -> tuple[list[np.ndarray] | None, str]:
-    """([pixels per size], "") for a usable image, (None, reason) otherwise; never raises.
+    """([pixels per size], "") for a usable image, (None, reason) otherwise.
 
+    Raises StorageUnavailableError (only) when object storage does not answer after every retry:
+    an outage is not the image's fault, so it is not returned as a reason to record it as bad.
     With `decode_slots`, the decode (CPU work: PIL releases the GIL, so threads decode in parallel) waits
     for a slot; the read (I/O) does not.
     """
@@ -302,8 +311,12 @@ def read_and_decode_sizes(
         return None, f"access denied: {exc}"
     except IsADirectoryError:
         return None, "is a directory, not a file"
-    except OSError as exc:
-        return None, f"read failed: {exc}"
+    except Exception as exc:  # botocore's connection errors are no OSError
+        if storage.is_unavailable(exc):
+            raise storage.unavailable_error("reading", uri, exc, options) from exc
+        if isinstance(exc, OSError):
+            return None, f"read failed: {exc}"
+        raise
     try:
         with decode_slots if decode_slots is not None else contextlib.nullcontext():
             return decode_image_sizes(data, sizes, max_pixels), ""
@@ -317,7 +330,8 @@ class DecodeBatch:
     Reads run in a thread pool of `threads` (object-store latency dominates); decodes,
     which PIL runs outside the GIL, at most `cpus` at a time (rounded, at least 1), so
     a task uses the CPUs it reserves. A failed image gets a zero image and its reason,
-    and travels on so it is recorded.
+    and travels on so it is recorded. Storage that does not answer raises
+    StorageUnavailableError: the batch, and the run, fail.
     `extra_sizes` ({column: size}) adds more columns of the same images decoded
     at other sizes, from the same bytes (e.g. `pretext_image` at the pretext model's size).
     """

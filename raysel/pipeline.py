@@ -335,7 +335,11 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
 
         _, pretext_spec, _ = load_model(config.pretext, config.storage())  # fail here, with the reason, not in an actor
         extra_sizes[PRETEXT_IMAGE] = pretext_spec.image_size
-    dataset = ray.data.from_arrow(blocks).map_batches(
+    dataset = ray.data.from_arrow(blocks)
+    # A stage's own exception reaches the driver as itself (e.g. StorageUnavailableError from a
+    # read), not as Ray Data's UserCodeException, whose cause does not survive pickling.
+    dataset.context.raise_original_map_exception = True
+    dataset = dataset.map_batches(
         DecodeBatch(spec.image_size, config.max_image_pixels, config.storage(), resources.decode_threads, extra_sizes,
                     cpus=plan.decode.num_cpus),
         batch_size=resources.batch_size,
@@ -402,13 +406,22 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
             if not ready or timeout == 0:
                 return
 
-    for batch in watched(dataset.iter_batches(batch_size=None, batch_format="numpy"), config.stall_timeout):
-        for chunk_id, rows in zip(batch[CHUNK_ID].tolist(), batch[ROWS].tolist()):
-            received[chunk_id] += rows
-            bar.update(rows)
-            if received[chunk_id] == expected[chunk_id]:  # a retried batch counts again: checked in the commit
-                committing[commit.remote(store, chunk_id, pending[chunk_id].to_pylist())] = chunk_id
-        collect(timeout=0)
+    try:
+        for batch in watched(dataset.iter_batches(batch_size=None, batch_format="numpy"), config.stall_timeout):
+            for chunk_id, rows in zip(batch[CHUNK_ID].tolist(), batch[ROWS].tolist()):
+                received[chunk_id] += rows
+                bar.update(rows)
+                if received[chunk_id] == expected[chunk_id]:  # a retried batch counts again: checked in the commit
+                    committing[commit.remote(store, chunk_id, pending[chunk_id].to_pylist())] = chunk_id
+            collect(timeout=0)
+    except Exception as exc:
+        from raysel.runtime import remote_cause
+
+        # Storage that stopped answering mid-read: the run stops (finished chunks kept), said in one line.
+        unavailable = remote_cause(exc, storage.StorageUnavailableError)
+        if unavailable is not None:
+            raise unavailable from None
+        raise
     bar.close()
     # Chunks whose count never matched (a retry counted twice, or rows lost): the commit checks the URI sets.
     for chunk_id, count in received.items():

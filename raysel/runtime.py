@@ -36,6 +36,22 @@ def get_reraising_input_errors(refs):
         raise
 
 
+def remote_cause(exc: BaseException, wanted: type[BaseException]) -> BaseException | None:
+    """The `wanted` exception that caused `exc` inside a task or actor (through Ray's and Ray Data's wrappers), or None."""
+    from ray.exceptions import RayTaskError
+
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, RayTaskError):
+            exc = exc.cause
+            continue
+        if isinstance(exc, wanted):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 

@@ -35,6 +35,56 @@ class LeaseError(StorageError):
     """Another live run holds the lease on an output."""
 
 
+class StorageUnavailableError(StorageError):
+    """Object storage did not answer after every retry (unreachable, timed out, 5xx or SlowDown): not the object's fault.
+
+    A run that meets it stops (its finished chunks kept) rather than record the object as a bad input.
+    """
+
+
+# S3 error codes that say the service, not the request or the object, failed.
+UNAVAILABLE_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeoutException",
+                     "InternalError", "ServiceUnavailable", "503", "500"}
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether `exc` (or what caused it) is storage not answering: a connection refused, reset or timed out, or a
+    5xx / SlowDown answer that outlived the retries. A 403, a 404 or a corrupt body are not."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        module, name = type(exc).__module__ or "", type(exc).__name__
+        if module.startswith("botocore") and name in (
+            "EndpointConnectionError", "ConnectionClosedError", "ConnectTimeoutError", "ReadTimeoutError",
+            "ProxyConnectionError", "HTTPClientError", "ConnectionError",
+        ):
+            return True
+        if module.startswith("aiohttp") and ("Connect" in name or "Disconnected" in name or "Timeout" in name):
+            return True
+        if isinstance(exc, (TimeoutError, ConnectionError)):  # the builtins: socket timeouts, resets, refusals
+            return True
+        response = getattr(exc, "response", None)
+        if isinstance(response, dict):
+            error = response.get("Error", {})
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            if error.get("Code") in UNAVAILABLE_CODES or (isinstance(status, int) and status >= 500):
+                return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def unavailable_error(action: str, uri: str, exc: BaseException, options: StorageOptions | None) -> StorageUnavailableError:
+    """The error for storage that did not answer while doing `action` ("reading", "listing") on `uri`."""
+    from raysel.redact import redact
+
+    options = options or StorageOptions()
+    endpoint = options.endpoint() or "the default AWS endpoint"
+    return StorageUnavailableError(redact(
+        f"object storage {endpoint} did not answer {action} {uri} after {options.s3_max_attempts} attempts "
+        f"({_reason(exc)}); nothing was recorded against it: rerun once the endpoint answers"
+    ))
+
+
 @dataclass(frozen=True)
 class StorageOptions:
     """How to reach object storage. Picklable: shipped to every Ray worker."""

@@ -1,7 +1,9 @@
 """A fault-injecting HTTP proxy on loopback, in front of the moto S3 server (or any HTTP server).
 
 Each request is, with seeded probabilities, answered 503 SlowDown or 500 InternalError, cut off
-by a connection reset (RST, nothing answered), delayed, or forwarded untouched. PUT/POST under `deny_writes_under` get 403 AccessDenied, as a bucket policy would answer. `down()` refuses
+by a connection reset (RST, nothing answered), delayed, or forwarded untouched. PUT/POST under `deny_writes_under` get 403 AccessDenied, as a bucket policy would answer. Requests
+for paths under a prefix of `faults_under` ({"/bucket/prefix/": "refused" or "slow_down"}) always get
+that fault: an outage of the objects after their listing (a listing's path is "/bucket?..."). `down()` refuses
 every connection, as an endpoint that is gone; `up()` brings it back. Counts of what was done are
 in `stats`. Standalone (no pytest imports).
 """
@@ -38,6 +40,7 @@ class FaultProxy:
         self.stats: Counter = Counter()
         self.refusing = False
         self.deny_writes_under: str | None = None  # e.g. "/bucket/prefix": PUT/POST there get 403 AccessDenied
+        self.faults_under: dict[str, str] = {}  # path prefix -> the fault every request there gets
         proxy = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -84,6 +87,9 @@ class FaultProxy:
         if length:
             body = request.rfile.read(length)
         fault = "refused" if self.refusing else self._fault()
+        for prefix, kind in self.faults_under.items():
+            if request.path.startswith(prefix):
+                fault = kind
         if self.deny_writes_under and request.command in ("PUT", "POST") and request.path.startswith(self.deny_writes_under):
             fault = "access_denied"
         with self.lock:

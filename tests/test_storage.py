@@ -48,3 +48,25 @@ def test_endpoint_from_environment(s3_endpoint, s3_bucket, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
     storage.write_bytes_atomic(f"s3://{s3_bucket}/e.bin", b"x")
     assert storage.read_bytes(f"s3://{s3_bucket}/e.bin") == b"x"
+
+
+@pytest.mark.pure
+def test_unavailable_storage_is_told_apart_from_a_bad_object():
+    """An outage (refused, timed out, 5xx/SlowDown past the retries) is no fault of the object; 403/404/EIO are."""
+    import errno
+
+    from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+
+    from raysel.storage import is_unavailable
+
+    def answered(status: int, code: str) -> OSError:
+        error = OSError(errno.EIO, code)  # as s3fs translates a ClientError it has no mapping for
+        error.__cause__ = ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+        return error
+
+    assert is_unavailable(EndpointConnectionError(endpoint_url="http://127.0.0.1:1/b/k"))
+    assert is_unavailable(ReadTimeoutError(endpoint_url="http://127.0.0.1:1/b/k"))
+    assert is_unavailable(ConnectionResetError(104, "Connection reset by peer"))
+    assert is_unavailable(answered(503, "SlowDown")) and is_unavailable(answered(500, "InternalError"))
+    assert not is_unavailable(answered(403, "AccessDenied")) and not is_unavailable(answered(404, "NoSuchKey"))
+    assert not is_unavailable(OSError(errno.EIO, "Input/output error")) and not is_unavailable(ValueError("corrupt"))
