@@ -37,32 +37,6 @@ from bench_select import cpu_seconds, load_all, peak_rss, run_per_pick_loop, wri
 RESULTS = Path(__file__).parent / "results" / "kcenter_pruning.md"
 
 
-def write_low_dim_store(path: str, images: int, clusters: int, dims: int, latent: int, seed: int = 0, chunk: int = 20_000) -> None:
-    """Like bench_select's store, on a `latent`-dimensional subspace of the D dimensions."""
-    from raysel import schema, storage
-    from raysel.store import FeatureStore, shard_name
-
-    rng = np.random.default_rng(seed)
-    basis = np.linalg.qr(rng.standard_normal((dims, latent)))[0].T.astype(np.float32) * np.sqrt(dims / latent)
-    scenes = rng.standard_normal((max(images // 1000, 50), latent)).astype(np.float32)
-    store = FeatureStore(path)
-    store.write_metadata({"format_version": schema.STORE_FORMAT_VERSION, "synthetic": True, "images": images})
-    for chunk_id, start in enumerate(range(0, images, chunk)):
-        count = min(chunk, images - start)
-        means = scenes[rng.integers(0, len(scenes), count)] + 0.7 * rng.standard_normal((count, latent), dtype=np.float32)
-        codes = means[:, None, :] + 0.5 * rng.standard_normal((count, clusters, latent), dtype=np.float32)
-        vectors = codes @ basis + 0.02 * rng.standard_normal((count, clusters, dims), dtype=np.float32)
-        inner = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1), pa.float32()), dims)
-        table = pa.table(
-            {
-                schema.URI: [f"s3://bench/img-{start + i:08d}.jpg" for i in range(count)],
-                schema.CLUSTERS: pa.FixedSizeListArray.from_arrays(inner, clusters),
-            }
-        )
-        storage.write_parquet_atomic(table, store.path(schema.SHARDS_DIR, shard_name(chunk_id)))
-    store.mark_complete({"rows": images})
-
-
 def run_batched(store_path: str, budget: int, seed: int, candidates: int, pruning: bool) -> dict:
     from raysel.select import kcenter_greedy_batched
 
@@ -157,7 +131,7 @@ def main() -> None:
             if kind == "isotropic":
                 write_synthetic_store(store, args.images, args.clusters, args.dims, seed=args.seed)
             else:
-                write_low_dim_store(store, args.images, args.clusters, args.dims, args.latent, seed=args.seed)
+                write_synthetic_store(store, args.images, args.clusters, args.dims, seed=args.seed, latent=args.latent)
         for budget in map(int, args.budgets.split(",")):
             variants = (["per-pick"] if budget <= args.per_pick_max else []) + ["unpruned", "pruned"]
             results = []

@@ -63,19 +63,32 @@ so on a cluster it is latency bound (budget x round trip) whatever the shard cou
 # --- the synthetic store ---
 
 
-def write_synthetic_store(path: str, images: int, clusters: int, dims: int, seed: int = 0, chunk: int = 20_000) -> None:
-    """A feature store of `images` rows: uri, clusters [K][D] float32 (scene + image + cluster noise)."""
+def write_synthetic_store(
+    path: str, images: int, clusters: int, dims: int, seed: int = 0, chunk: int = 20_000, latent: int | None = None
+) -> None:
+    """A feature store of `images` rows: uri, clusters [K][D] float32 (scene + image + cluster noise).
+
+    With `latent`, the same structure lives on a random `latent`-dimensional subspace of the D
+    dimensions (scaled to the same total variance), plus 2% isotropic noise: embeddings of real
+    images are far from filling their D dimensions.
+    """
     from raysel import schema, storage
     from raysel.store import FeatureStore, shard_name
 
     rng = np.random.default_rng(seed)
-    scenes = rng.standard_normal((max(images // 1000, 50), dims)).astype(np.float32)
+    basis = None
+    if latent is not None:
+        basis = np.linalg.qr(rng.standard_normal((dims, latent)))[0].T.astype(np.float32) * np.sqrt(dims / latent)
+    width = dims if latent is None else latent
+    scenes = rng.standard_normal((max(images // 1000, 50), width)).astype(np.float32)
     store = FeatureStore(path)
     store.write_metadata({"format_version": schema.STORE_FORMAT_VERSION, "synthetic": True, "images": images})
     for chunk_id, start in enumerate(range(0, images, chunk)):
         count = min(chunk, images - start)
-        image_means = scenes[rng.integers(0, len(scenes), count)] + 0.7 * rng.standard_normal((count, dims), dtype=np.float32)
-        vectors = image_means[:, None, :] + 0.5 * rng.standard_normal((count, clusters, dims), dtype=np.float32)
+        image_means = scenes[rng.integers(0, len(scenes), count)] + 0.7 * rng.standard_normal((count, width), dtype=np.float32)
+        vectors = image_means[:, None, :] + 0.5 * rng.standard_normal((count, clusters, width), dtype=np.float32)
+        if basis is not None:
+            vectors = vectors @ basis + 0.02 * rng.standard_normal((count, clusters, dims), dtype=np.float32)
         flat = pa.array(vectors.reshape(-1), pa.float32())
         inner = pa.FixedSizeListArray.from_arrays(flat, dims)
         table = pa.table(
