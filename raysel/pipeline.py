@@ -244,27 +244,6 @@ def featurize_plan(config: FeaturizeConfig):
 
 def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dict[int, pa.Array], progress: bool) -> None:
     import ray
-
-    # One committer actor for the run, not a task per chunk: Ray started a fresh worker process for
-    # almost every 0-CPU commit task while the stages held every CPU (python + ray + pyarrow imports
-    # each time, about 2 s of CPU per chunk on 2 cores). Started first: its process comes up while
-    # the driver plans and builds the pipeline.
-    committer = ray.remote(ChunkCommitter).options(
-        num_cpus=0, max_concurrency=COMMIT_THREADS, max_restarts=3, max_task_retries=3
-    ).remote(int(os.environ.get(PAUSE_AFTER_COMMITS_ENV, "0") or 0))
-    try:
-        dataset = _build_pipeline(store, config, spec, pending)
-        # Commits must keep up from the first finished chunk (a crash then loses at most the chunks in
-        # flight), so the committer is up before any batch flows.
-        _wait_ready(committer, config.stall_timeout)
-        _stream_and_commit(dataset, store, committer, pending, config, progress)
-    finally:
-        ray.kill(committer)
-
-
-def _build_pipeline(store: FeatureStore, config: FeaturizeConfig, spec, pending: dict[int, pa.Array]):
-    """The Ray Data pipeline over the pending chunks: decode -> (pretext scorer) -> model -> (K-Means) -> part files."""
-    import ray
     from ray.data import ActorPoolStrategy
 
     from raysel.embed.featurizer import Featurizer, KMeansSettings
@@ -340,56 +319,7 @@ def _build_pipeline(store: FeatureStore, config: FeaturizeConfig, spec, pending:
             num_cpus=plan.kmeans.num_cpus,
         )
 
-    return dataset
-
-
-COMMIT_THREADS = 4  # chunk commits (I/O: read parts, write the shard) in flight at once in the committer actor
-
-
-# Tests only: the committer commits this many chunks, then holds every further commit (TEST_PAUSE_S),
-# so a test can kill a run whose shards are partly written. Read by the driver, handed to the actor.
-PAUSE_AFTER_COMMITS_ENV = "RAYSEL_FEATURIZE_TEST_PAUSE_AFTER_COMMITS"
-TEST_PAUSE_S = 600.0
-
-
-class ChunkCommitter:
-    """Runs `commit_chunk` for the driver: one long-lived process for every chunk of a run."""
-
-    def __init__(self, pause_after_commits: int = 0):
-        self.pause_after_commits = pause_after_commits
-        self.calls = 0
-        self.lock = threading.Lock()
-
-    def commit(self, store: FeatureStore, chunk_id: int, uris: list[str]) -> list[str]:
-        if self.pause_after_commits:
-            with self.lock:
-                self.calls += 1
-                hold = self.calls > self.pause_after_commits
-            if hold:
-                time.sleep(TEST_PAUSE_S)
-        return commit_chunk(store, chunk_id, uris)
-
-    def ready(self) -> bool:
-        return True
-
-
-def _wait_ready(committer, stall_timeout: float) -> None:
-    import ray
-
-    ready, _ = ray.wait([committer.ready.remote()], timeout=stall_timeout or None)
-    if not ready:
-        from raysel.runtime import StallError
-
-        raise StallError(f"the chunk committer actor did not start within --stall-timeout {stall_timeout:g} s")
-
-
-def _stream_and_commit(
-    dataset, store: FeatureStore, committer, pending: dict[int, pa.Array], config: FeaturizeConfig, progress: bool
-) -> None:
-    """Count each chunk's rows as batches come back; commit every chunk whose count is reached."""
-    import ray
-
-    commit = committer.commit
+    commit = start_committer(config.stall_timeout).commit  # the actor ends with the run (its last handle)
     expected = {chunk_id: len(uris) for chunk_id, uris in pending.items()}
     received: dict[int, int] = {chunk_id: 0 for chunk_id in pending}
     committing: dict[Any, int] = {}  # commit call -> chunk id
@@ -432,6 +362,57 @@ def _stream_and_commit(
             f"chunks {sorted(incomplete)[:10]} did not come back complete (chunk {chunk_id} has no row for "
             f"{len(missing)} URIs, e.g. {missing[0]}); rerun to redo them"
         )
+
+
+COMMIT_THREADS = 4  # chunk commits (I/O: read parts, write the shard) in flight at once in the committer actor
+# Tests only: the committer commits this many chunks, then holds every further commit (TEST_PAUSE_S),
+# so a test can kill a run whose shards are partly written. Read by the driver, handed to the actor.
+PAUSE_AFTER_COMMITS_ENV = "RAYSEL_FEATURIZE_TEST_PAUSE_AFTER_COMMITS"
+TEST_PAUSE_S = 600.0
+
+
+class ChunkCommitter:
+    """Runs `commit_chunk` for the driver: one long-lived process for every chunk of a run."""
+
+    def __init__(self, pause_after_commits: int = 0):
+        self.pause_after_commits = pause_after_commits
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def commit(self, store: FeatureStore, chunk_id: int, uris: list[str]) -> list[str]:
+        if self.pause_after_commits:
+            with self.lock:
+                self.calls += 1
+                hold = self.calls > self.pause_after_commits
+            if hold:
+                time.sleep(TEST_PAUSE_S)
+        return commit_chunk(store, chunk_id, uris)
+
+    def ready(self) -> bool:
+        return True
+
+
+def start_committer(stall_timeout: float):
+    """The run's `ChunkCommitter` actor (0 CPU, restarted on failure), once it is up.
+
+    One actor, not a 0-CPU task per chunk: while the stages held every CPU, Ray
+    started a fresh worker process for almost every such task (python + ray +
+    pyarrow imports, about 2 s of CPU each on 2 cores). It is up before any batch
+    flows, so commits keep up from the first finished chunk (a crash loses at most
+    the chunks in flight). Ray ends it when its last handle goes (the run's end).
+    """
+    import ray
+
+    from raysel.runtime import StallError
+
+    committer = ray.remote(ChunkCommitter).options(
+        num_cpus=0, max_concurrency=COMMIT_THREADS, max_restarts=3, max_task_retries=3
+    ).remote(int(os.environ.get(PAUSE_AFTER_COMMITS_ENV, "0") or 0))
+    ready, _ = ray.wait([committer.ready.remote()], timeout=stall_timeout or None)
+    if not ready:
+        ray.kill(committer)
+        raise StallError(f"the chunk committer actor did not start within --stall-timeout {stall_timeout:g} s")
+    return committer
 
 
 def watched(batches: Iterator[Any], stall_timeout: float) -> Iterator[Any]:
