@@ -3,7 +3,7 @@
 Work is cut into chunks of `chunk_size` URIs, recorded in the store's manifest
 (`uri`, `chunk_id`). The last Ray Data stage writes each batch's rows as part
 files on the workers and sends the driver only (chunk_id, row count); once a
-chunk's count is reached a `commit_chunk` task turns its parts into the chunk's
+chunk's count is reached the run's committer actor runs `commit_chunk`, which turns its parts into the chunk's
 shard, atomically, after checking its URIs against the manifest's
 (`raysel.shard_writer`). So the driver holds no feature rows, a rerun after a
 kill skips the chunks whose shard exists, and no row is ever duplicated.
@@ -18,6 +18,7 @@ images gone from the source are reported and listed in `_removed.parquet`.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import sys
 import threading
@@ -388,10 +389,10 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
             num_cpus=plan.kmeans.num_cpus,
         )
 
-    commit = ray.remote(num_cpus=0, max_retries=3)(commit_chunk)
+    commit = start_committer(config.stall_timeout).commit  # the actor ends with the run (its last handle)
     expected = {chunk_id: len(uris) for chunk_id, uris in pending.items()}
     received: dict[int, int] = {chunk_id: 0 for chunk_id in pending}
-    committing: dict[Any, int] = {}  # commit task -> chunk id
+    committing: dict[Any, int] = {}  # commit call -> chunk id
     incomplete: dict[int, list[str]] = {}
     bar = _progress_bar(sum(expected.values()), progress)
 
@@ -440,6 +441,57 @@ def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dic
             f"chunks {sorted(incomplete)[:10]} did not come back complete (chunk {chunk_id} has no row for "
             f"{len(missing)} URIs, e.g. {missing[0]}); rerun to redo them"
         )
+
+
+COMMIT_THREADS = 4  # chunk commits (I/O: read parts, write the shard) in flight at once in the committer actor
+# Tests only: the committer commits this many chunks, then holds every further commit (TEST_PAUSE_S),
+# so a test can kill a run whose shards are partly written. Read by the driver, handed to the actor.
+PAUSE_AFTER_COMMITS_ENV = "RAYSEL_FEATURIZE_TEST_PAUSE_AFTER_COMMITS"
+TEST_PAUSE_S = 600.0
+
+
+class ChunkCommitter:
+    """Runs `commit_chunk` for the driver: one long-lived process for every chunk of a run."""
+
+    def __init__(self, pause_after_commits: int = 0):
+        self.pause_after_commits = pause_after_commits
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def commit(self, store: FeatureStore, chunk_id: int, uris: list[str]) -> list[str]:
+        if self.pause_after_commits:
+            with self.lock:
+                self.calls += 1
+                hold = self.calls > self.pause_after_commits
+            if hold:
+                time.sleep(TEST_PAUSE_S)
+        return commit_chunk(store, chunk_id, uris)
+
+    def ready(self) -> bool:
+        return True
+
+
+def start_committer(stall_timeout: float):
+    """The run's `ChunkCommitter` actor (0 CPU, restarted on failure), once it is up.
+
+    One actor, not a 0-CPU task per chunk: while the stages held every CPU, Ray
+    started a fresh worker process for almost every such task (python + ray +
+    pyarrow imports, about 2 s of CPU each on 2 cores). It is up before any batch
+    flows, so commits keep up from the first finished chunk (a crash loses at most
+    the chunks in flight). Ray ends it when its last handle goes (the run's end).
+    """
+    import ray
+
+    from raysel.runtime import StallError
+
+    committer = ray.remote(ChunkCommitter).options(
+        num_cpus=0, max_concurrency=COMMIT_THREADS, max_restarts=3, max_task_retries=3
+    ).remote(int(os.environ.get(PAUSE_AFTER_COMMITS_ENV, "0") or 0))
+    ready, _ = ray.wait([committer.ready.remote()], timeout=stall_timeout or None)
+    if not ready:
+        ray.kill(committer)
+        raise StallError(f"the chunk committer actor did not start within --stall-timeout {stall_timeout:g} s")
+    return committer
 
 
 def watched(batches: Iterator[Any], stall_timeout: float) -> Iterator[Any]:

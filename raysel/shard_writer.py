@@ -3,7 +3,7 @@
 The last Ray Data stage (`PartWriter`, on the workers) writes each batch's rows
 of a chunk as a part file under `_parts/part-XXXXXX/` and passes on only
 `chunk_id` and a row count, so the driver never holds a feature row. When a
-chunk's count is reached the driver starts `commit_chunk` (a Ray task), which
+chunk's count is reached the driver has `commit_chunk` run (in the run's committer actor), which
 reads the chunk's parts, keeps one row per URI (a retried batch may have
 written its part twice), checks that the URIs are exactly the chunk's URIs from
 the manifest, writes the errors, then the shard (the chunk's commit marker),

@@ -17,7 +17,7 @@ import pytest
 from image_files import bad_files, good_files, odd_mode_files
 from raysel import schema
 from raysel.config import FeaturizeConfig
-from raysel.pipeline import featurize
+from raysel.pipeline import PAUSE_AFTER_COMMITS_ENV, featurize
 from raysel.store import FeatureStore, FeatureStoreError, vectors_of
 
 pytestmark = [pytest.mark.ray, pytest.mark.torch]
@@ -140,11 +140,12 @@ def test_cli_bad_sources_exit_non_zero_with_clear_errors(tmp_path, capsys):
 
 @pytest.mark.timeout(600)  # two cold Ray starts; minutes when the 2 cores are shared
 def test_resume_after_killed_run_finishes_without_redoing_or_duplicating(tmp_path):
-    uris = write_pool(tmp_path / "pool", good_files(64, seed=100))
+    uris = write_pool(tmp_path / "pool", good_files(32, seed=100))
     store_dir = tmp_path / "store"
     args = ["featurize", str(tmp_path / "pool"), "--out", str(store_dir), "--model", "test_vit", "--random-init",
             "--clusters", "3", "--batch-size", "2", "--chunk-size", "2", "--num-cpus", "2", "--no-progress"]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # The killed run commits 2 chunks, then holds its commits: killed with 2 shards written, 14 to go.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", PAUSE_AFTER_COMMITS_ENV: "2"}
     process = subprocess.Popen([sys.executable, "-m", "raysel.cli", *args], env=env, start_new_session=True,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     shards = store_dir / "shards"
@@ -153,7 +154,7 @@ def test_resume_after_killed_run_finishes_without_redoing_or_duplicating(tmp_pat
         time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)  # the driver and the Ray it started: a hard crash
     process.wait(timeout=30)
-    # A commit task already running in a Ray worker may still land its shard: snapshot once nothing moves.
+    # A commit already running in the committer actor may still land its shard: snapshot once nothing moves.
     survivors, settle = {}, time.time() + 30
     while time.time() < settle:
         now = {p.name: p.read_bytes() for p in shards.glob("*.parquet")}
@@ -161,7 +162,7 @@ def test_resume_after_killed_run_finishes_without_redoing_or_duplicating(tmp_pat
             break
         survivors = now
         time.sleep(2)
-    assert 2 <= len(survivors) < 32, "the run must be killed mid-way for this test to mean anything"
+    assert len(survivors) == 2, "the run must be killed mid-way for this test to mean anything"
     assert not (store_dir / schema.STORE_SUCCESS_FILE).exists()
 
     result = run_cli(args, timeout=400)
@@ -170,9 +171,9 @@ def test_resume_after_killed_run_finishes_without_redoing_or_duplicating(tmp_pat
     rows = rows_of(store)
     assert sorted(rows.column("uri").to_pylist()) == uris  # every image once: none lost, none twice
     assert {name: (shards / name).read_bytes() for name in survivors} == survivors  # finished work not redone
-    assert store.is_complete() and "64 images" not in result.stderr
+    assert store.is_complete() and "32 images" not in result.stderr
     summary = json.loads((store_dir / schema.STORE_SUCCESS_FILE).read_text())["summary"]
-    assert summary["processed_this_run"] == 64 - 2 * len(survivors)
+    assert summary["processed_this_run"] == 32 - 2 * len(survivors)
 
 
 def test_refresh_appends_new_images_reports_removed_ones_and_keeps_finished_chunks(ray_session, tmp_path):
