@@ -471,6 +471,9 @@ class ChunkCommitter:
         return True
 
 
+COMMITTER_START_S = 60.0  # the least time the committer actor gets to start
+
+
 def start_committer(stall_timeout: float):
     """The run's `ChunkCommitter` actor (0 CPU, restarted on failure), once it is up.
 
@@ -487,10 +490,12 @@ def start_committer(stall_timeout: float):
     committer = ray.remote(ChunkCommitter).options(
         num_cpus=0, max_concurrency=COMMIT_THREADS, max_restarts=3, max_task_retries=3
     ).remote(int(os.environ.get(PAUSE_AFTER_COMMITS_ENV, "0") or 0))
-    ready, _ = ray.wait([committer.ready.remote()], timeout=stall_timeout or None)
+    # Starting a process takes seconds: a --stall-timeout shorter than that bounds the batches, not this start.
+    limit = max(stall_timeout, COMMITTER_START_S) if stall_timeout else None
+    ready, _ = ray.wait([committer.ready.remote()], timeout=limit)
     if not ready:
         ray.kill(committer)
-        raise StallError(f"the chunk committer actor did not start within --stall-timeout {stall_timeout:g} s")
+        raise StallError(f"the chunk committer actor did not start within {limit:g} s (--stall-timeout {stall_timeout:g} s)")
     return committer
 
 
