@@ -78,41 +78,44 @@ class FeaturizeSummary:
 
 def model_input_spec(config: FeaturizeConfig):
     """Image size and normalisation of the model, without loading weights."""
+    from raysel.embed.backbone import input_spec
+
+    return input_spec(_meta_model(config))
+
+
+def _meta_model(config: FeaturizeConfig):
+    """The timm model of `config.model` on the meta device: its shapes, no weights and no memory."""
     import timm
     import torch
 
-    from raysel.embed.backbone import BackboneError, input_spec
+    from raysel.embed.backbone import BackboneError
 
     if not timm.is_model(config.model):
         raise BackboneError(f"unknown timm model {config.model!r}; see timm.list_models('vit*')")
     with torch.device("meta"):
-        model = timm.create_model(config.model, pretrained=False)
-    return input_spec(model)
+        return timm.create_model(config.model, pretrained=False)
 
 
 def model_shape(config: FeaturizeConfig):
     """The model's image size, patch tokens per image and embedding dim, without loading weights (for the defaults)."""
-    import timm
-    import torch
-
+    from raysel.embed.backbone import input_spec
     from raysel.runtime import ModelShape
 
-    with torch.device("meta"):
-        model = timm.create_model(config.model, pretrained=False)
-    size = model_input_spec(config).image_size
+    model = _meta_model(config)
+    size = input_spec(model).image_size
     patches = getattr(getattr(model, "patch_embed", None), "num_patches", None) or (size // 16) ** 2
     return ModelShape(image_size=size, patches=int(patches), dim=int(getattr(model, "embed_dim", 384)),
                       clusters=config.clusters)
 
 
-def resolve_resources(config: FeaturizeConfig, images: int | None, chunk_size: int | None = None):
+def resolve_resources(config: FeaturizeConfig, images: int | None):
     """The run's concrete batch size, chunk size, actors and reservations on the connected Ray cluster
     (`runtime.resolve_featurize`): the config's values where set, the cluster-sized defaults otherwise."""
     from raysel.runtime import ClusterShape, resolve_featurize
 
     return resolve_featurize(
         ClusterShape.of_ray(), model_shape(config), images,
-        batch_size=config.batch_size, chunk_size=chunk_size or config.chunk_size, model_actors=config.model_actors,
+        batch_size=config.batch_size, chunk_size=config.chunk_size, model_actors=config.model_actors,
         kmeans_actors=config.kmeans_actors, decode_threads=config.decode_threads, pretext=bool(config.pretext),
         remote_source=storage.is_s3(config.source),
     )
@@ -299,19 +302,13 @@ def _open_or_create(
     return manifest, 0, 0
 
 
-def featurize_plan(config: FeaturizeConfig):
-    """The resource plan of a featurize run on the Ray cluster this process is connected to."""
-    return resolve_resources(config, None).plan
-
-
 def _run_chunks(store: FeatureStore, config: FeaturizeConfig, spec, pending: dict[int, pa.Array], progress: bool,
-                resources=None) -> None:
+                resources) -> None:
     import ray
     from ray.data import ActorPoolStrategy
 
     from raysel.embed.featurizer import Featurizer, KMeansSettings
 
-    resources = resources or resolve_resources(config, None)
     plan = resources.plan
     log.info("resource plan: %s", plan.describe())
     if plan.scaled < 1:

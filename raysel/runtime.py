@@ -213,10 +213,6 @@ def cluster_total_cpus() -> float:
     return float(ray.cluster_resources().get("CPU", 0.0))
 
 
-def cluster_total_gpus() -> float:
-    return float(ray.cluster_resources().get("GPU", 0.0))
-
-
 # --- defaults chosen from the cluster ------------------------------------------------------------------------------
 # The rates behind the rules, per CPU as Ray counts them (a vCPU, half a core on EC2), from the per-core
 # figures measured on the development machine (docs/operations.md, "Expected throughput"), halved as
