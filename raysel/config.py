@@ -28,10 +28,6 @@ class RayConfig:
     num_gpus: int | None = _opt(None, "GPUs of the embedded Ray (ignored with --address)")
 
 
-# FeaturizeConfig fields whose None / "auto" means "chosen from the cluster" (raysel.runtime.resolve_featurize).
-AUTO_FEATURIZE_FIELDS = ("batch_size", "chunk_size", "model_actors", "kmeans_actors", "decode_threads")
-
-
 @dataclass
 class FeaturizeConfig:
     """`raysel featurize SOURCE --out STORE`: images -> embeddings + knowledge clusters."""
@@ -129,6 +125,11 @@ class FeaturizeConfig:
             raise ValueError(f"--kmeans-actors must be >= 0, got {self.kmeans_actors}")
         if self.stall_timeout < 0:
             raise ValueError(f"--stall-timeout must be >= 0 seconds, got {self.stall_timeout}")
+
+
+# FeaturizeConfig fields whose None / "auto" means "chosen from the cluster" (raysel.runtime.resolve_featurize):
+# those declared with auto=True.
+AUTO_FEATURIZE_FIELDS = tuple(f.name for f in fields(FeaturizeConfig) if f.metadata.get("auto"))
 
 
 @dataclass
