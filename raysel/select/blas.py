@@ -1,4 +1,5 @@
-"""`one_blas_thread()`: hold BLAS to one thread while a selection kernel (K-Center passes, pool K-Means, ball graph) runs.
+"""`one_blas_thread()`: hold BLAS to one thread while a selection kernel (K-Center passes, pool K-Means, ball graph) runs;
+`over_row_chunks()`: spread a kernel's fixed-size row blocks over threads instead.
 
 The pool kernels make many small fixed-shape products; on a shared or busy machine a
 multi-threaded BLAS spends more time waking threads than computing (measured: 10x
@@ -8,6 +9,7 @@ threadpoolctl.
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from typing import Any, Callable, TypeVar
 
@@ -39,3 +41,25 @@ def single_threaded(function: Function) -> Function:
             return function(*args, **kwargs)
 
     return wrapper  # type: ignore[return-value]
+
+
+def over_row_chunks(rows: int, block: int, threads: int, work: Callable[[int, int], Any]) -> None:
+    """Run work(start, stop) over contiguous chunks of whole `block`-row blocks, one chunk per thread.
+
+    BLAS is held to one thread inside: small fixed-shape products run fastest that way,
+    and since every block has the same shape wherever it runs, threads cannot change any
+    result bit. numpy releases the GIL in its products and array loops, so the threads
+    use the cores.
+    """
+    blocks = -(-rows // block)
+    workers = max(1, min(int(threads), blocks))
+    bounds = [min(rows, block * (blocks * part // workers)) for part in range(workers + 1)]
+    chunks = [(start, stop) for start, stop in zip(bounds[:-1], bounds[1:]) if stop > start]
+    with one_blas_thread():
+        if len(chunks) <= 1:
+            for start, stop in chunks:
+                work(start, stop)
+            return
+        with ThreadPoolExecutor(len(chunks)) as pool:
+            for future in [pool.submit(work, start, stop) for start, stop in chunks]:
+                future.result()

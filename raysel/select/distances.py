@@ -24,11 +24,9 @@ of centers can be taken on dot products first: same bits, less work.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
-from raysel.select.blas import one_blas_thread
+from raysel.select.blas import over_row_chunks
 from raysel.select.errors import InvalidVectorError, SelectionConfigError
 
 ROW_BLOCK = 512  # points per BLAS call (fixed: see module docstring)
@@ -175,22 +173,8 @@ def get_threads() -> int:
 
 
 def _over_row_chunks(rows: int, work) -> None:
-    """Run work(start, stop) over contiguous chunks of whole row blocks, one per thread.
-
-    BLAS is held to one thread: small fixed-shape products run fastest that way, and
-    threads over row blocks cannot change any result bit.
-    """
-    blocks = -(-rows // ROW_BLOCK)
-    workers = max(1, min(_threads, blocks))
-    bounds = [min(rows, ROW_BLOCK * (blocks * part // workers)) for part in range(workers + 1)]
-    chunks = [(start, stop) for start, stop in zip(bounds[:-1], bounds[1:]) if stop > start]
-    with one_blas_thread():
-        if len(chunks) == 1:
-            work(*chunks[0])
-            return
-        with ThreadPoolExecutor(len(chunks)) as pool:
-            for future in [pool.submit(work, start, stop) for start, stop in chunks]:
-                future.result()
+    """Run work(start, stop) over contiguous chunks of whole row blocks, one per thread (`blas.over_row_chunks`)."""
+    over_row_chunks(rows, ROW_BLOCK, _threads, work)
 
 
 def update_min_distance(

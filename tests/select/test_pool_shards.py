@@ -129,14 +129,41 @@ def test_fixed_point_cluster_sums_are_the_integer_sums():
     points = (rng.standard_normal((5000, 7)) * 40).astype(np.float32)
     labels = rng.integers(0, 9, 5000)
     mean = points.astype(np.float64).mean(axis=0)
-    scale = kmeans.fixed_point_scale(kmeans.max_abs_centred(points.min(0), points.max(0), mean), 5000)
-    sums, counts = kmeans.cluster_sums(points, mean, labels, 9, scale)
-    fixed = np.rint((points.astype(np.float64) - mean) * scale).astype(np.int64)
+    scale = kmeans.fixed_point_scale(kmeans.max_abs(points.min(0), points.max(0)), 5000)
+    sums, counts = kmeans.cluster_sums(points, labels, 9, scale)
+    fixed = np.rint(points.astype(np.float64) * scale).astype(np.int64)  # float32 x a power of two: exact either way
     expected = np.zeros((9, 7), dtype=np.int64)
     np.add.at(expected, labels, fixed)
     assert np.array_equal(sums, expected) and np.array_equal(counts, np.bincount(labels, minlength=9))
-    means = kmeans.updated_centers(np.zeros((9, 7)), sums, counts, scale)
+    means = kmeans.updated_centers(np.zeros((9, 7)), sums, counts, scale, mean)
     np.testing.assert_allclose(means, [(points[labels == c].astype(np.float64) - mean).mean(0) for c in range(9)], atol=1e-9)
+
+
+@pytest.mark.pure
+def test_kernels_give_the_same_bits_on_any_number_of_threads(monkeypatch):
+    from raysel.select.pool import ivf_lists, typicality
+
+    monkeypatch.setattr(kmeans, "SUM_BLOCK", 300)  # several sum blocks per thread
+    points = blob_pool(5000, dims=16, groups=20, seed=3)
+    mean = points.astype(np.float64).mean(axis=0)
+    centers = (points[:40].astype(np.float64) - mean)
+    scale = kmeans.fixed_point_scale(kmeans.max_abs(points.min(0), points.max(0)), 5000)
+    one = kmeans.nearest_center(points, mean, centers, threads=1)
+    exact = ((points.astype(np.float64) - mean)[:, None, :] - centers[None]) ** 2
+    assert (exact.sum(-1)[np.arange(5000), one] <= exact.sum(-1).min(axis=1) + 1e-3).all()  # the nearest, up to float32
+    sums, counts = kmeans.cluster_sums(points, one, 40, scale, threads=1)
+    cells = ivf_lists.IvfCells(mean=mean, centers=centers, probes=3)
+    probes = ivf_lists.probe_lists(points, cells, threads=1)
+    assert np.array_equal(probes[:, 0], one)  # a row's own cell is its K-Means cluster
+    ids = np.arange(5000, dtype=np.int64)
+    wanted = {c: 2 for c in range(0, 40, 3)}
+    top = typicality.top_of_clusters(wanted, ids, one, points, np.zeros(5000, bool), threads=1)
+    for threads in (2, 3, 7):
+        assert np.array_equal(kmeans.nearest_center(points, mean, centers, threads), one)
+        got_sums, got_counts = kmeans.cluster_sums(points, one, 40, scale, threads)
+        assert np.array_equal(got_sums, sums) and np.array_equal(got_counts, counts)
+        assert np.array_equal(ivf_lists.probe_lists(points, cells, threads), probes)
+        assert typicality.top_of_clusters(wanted, ids, one, points, np.zeros(5000, bool), threads) == top
 
 
 @pytest.mark.ray

@@ -10,7 +10,7 @@ the exact graph: it can miss edges (recall < 1, measured in
 benchmarks/bench_probcover_ivf.py), never add one. With probes = lists it is the exact graph.
 
 Determinism: a row's probe cells are computed with the same fixed-block product as
-K-Means' assignment (`kmeans.nearest_center`), ties to the lowest cell, so they depend
+K-Means' assignment (`kmeans.center_scores`), ties to the lowest cell, so they depend
 only on the row and the centers, never on its shard or block; faiss then searches those
 cells exhaustively (`range_search_preassigned`), so the graph is the same on 1 or many shards.
 
@@ -65,21 +65,14 @@ def train_lists(sample: np.ndarray, lists: int, probes: int, seed: int) -> IvfCe
     return IvfCells(mean=mean, centers=centers, probes=max(1, min(int(probes), len(centers))))
 
 
-def probe_lists(points: np.ndarray, cells: IvfCells) -> np.ndarray:
+def probe_lists(points: np.ndarray, cells: IvfCells, threads: int = 1) -> np.ndarray:
     """[n, probes] int64: each row's nearest cells, nearest first (ties: the lowest cell); column 0 is its own cell."""
-    count, dims = points.shape
-    centers32 = np.ascontiguousarray(cells.centers, dtype=np.float32)
-    center_norms = (centers32.astype(np.float64) ** 2).sum(axis=1)
-    out = np.empty((count, cells.probes), dtype=np.int64)
-    block = np.zeros((kmeans.ROW_BLOCK, dims), dtype=np.float32)
-    for start in range(0, count, kmeans.ROW_BLOCK):
-        stop = min(start + kmeans.ROW_BLOCK, count)
-        block[: stop - start] = points[start:stop].astype(np.float64) - cells.mean
-        block[stop - start :] = 0.0
-        dots = (block @ centers32.T)[: stop - start].astype(np.float64)
-        row_norms = (block[: stop - start].astype(np.float64) ** 2).sum(axis=1)
-        distances = row_norms[:, None] - 2.0 * dots + center_norms[None, :]
-        out[start:stop] = np.argsort(distances, axis=1, kind="stable")[:, : cells.probes]
+    out = np.empty((len(points), cells.probes), dtype=np.int64)
+
+    def consume(start: int, stop: int, scores: np.ndarray) -> None:
+        out[start:stop] = np.argsort(scores, axis=1, kind="stable")[:, : cells.probes]
+
+    kmeans.center_scores(points, cells.mean, cells.centers, threads, consume)
     return out
 
 

@@ -9,20 +9,23 @@ distributed run over pool shard actors (`pool/sharded.py`, `distributed_kmeans`)
   the first center uniformly at random, then 2 + ln(k) candidates drawn with probability
   proportional to the squared distance to the nearest center so far, keeping the one that
   lowers the sum of those distances most. Points are centred on the sample's mean.
-- assignment (`nearest_center`): each point to its nearest center (ties: the lowest
-  index), with one BLAS product per block of exactly ROW_BLOCK rows (the last block is
-  zero-padded), so a row's distances never depend on which rows share its block or shard.
+- assignment (`nearest_center`, `center_scores`): each point to its nearest center (ties:
+  the lowest index), with one float32 BLAS product per block of exactly ROW_BLOCK rows
+  (the last block is zero-padded), so a row's distances never depend on which rows share
+  its block, shard or thread.
 - update (`cluster_sums`, `updated_centers`): cluster sums are accumulated in fixed point
-  (int64, a power-of-two scale chosen from the data's range and the pool size so nothing
-  overflows): integer addition is associative, so per-shard sums reduced on the driver
-  equal the single-process sums bit for bit. A center left without points stays.
+  (integers rint(x x s), s a power of two chosen from the data's range and the pool size so
+  every partial sum stays below 2^53): integer addition is associative, so per-shard (and
+  per-thread) sums reduced on the driver equal the single-process sums bit for bit. A
+  center left without points stays.
 - stop: when at most KMEANS_TOLERANCE of the points change cluster (0 changes on pools
   under 10,000 images), or, above EXACT_BELOW points, when the squared center shifts sum to
   at most 1e-4 x the sample's mean variance (scikit-learn's rule), or after `max_iters`
   steps. Labels are the assignment to the final centers.
 
-Memory per shard: its rows (float32) + O(ROW_BLOCK x k). Time per step: O(N x k x D) in
-BLAS float32, spread over the shards; init O(k x log k x sample x D) on the driver.
+Memory per shard: its rows (float32) + O((ROW_BLOCK x k + SUM_BLOCK x D) x threads). Time
+per step: O(N x k x D) in BLAS float32, spread over the shards and each shard's threads
+(row blocks; BLAS itself single-threaded); init O(k x log k x sample x D) on the driver.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from typing import Callable
 
 import numpy as np
 
-from raysel.select.blas import single_threaded
+from raysel.select.blas import over_row_chunks, single_threaded
 
 KMEANS_MAX_ITERS = 100
 KMEANS_TOLERANCE = 1e-4  # stop when at most this fraction of points changed cluster in a step
@@ -40,9 +43,7 @@ EXACT_BELOW = 10_000  # pools up to this size run Lloyd to no change at all
 INIT_SAMPLE_MIN = 10_000
 INIT_SAMPLE_PER_CLUSTER = 40
 ROW_BLOCK = 1024
-SUM_BLOCK = 65_536  # rows per fixed-point block: 2^16 x 2^26 (a low half) stays below 2^53
-LOW_BITS = 26
-LOW_MASK = (1 << LOW_BITS) - 1
+SUM_BLOCK = 16_384  # rows turned into fixed point at a time (per thread)
 
 
 def init_sample(count: int, clusters: int, seed: int) -> np.ndarray:
@@ -87,8 +88,14 @@ def initial_centers(sample: np.ndarray, clusters: int, seed: int) -> tuple[np.nd
     return mean, kmeans_plus_plus(centred, min(clusters, len(points)), np.random.default_rng(seed))
 
 
-def nearest_center(points: np.ndarray, mean: np.ndarray, centers: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[n] int64 nearest center of each point and [n] float64 squared distance to it.
+def center_scores(points: np.ndarray, mean: np.ndarray, centers: np.ndarray, threads: int, consume: Callable[[int, int, np.ndarray], None]) -> None:
+    """consume(start, stop, scores) for each block of ROW_BLOCK rows, scores [stop - start, k] float32.
+
+    scores = |c|^2 / 2 - (x - mean) . c: per row, in the order of the squared distances
+    |x - mean - c|^2 (the row's own |x - mean|^2 / 2 is left out). One float32 BLAS
+    product per zero-padded block of exactly ROW_BLOCK rows, so a row's scores never
+    depend on which rows share its block, its shard or its thread. Blocks are spread
+    over `threads` threads (`consume` runs in them, on disjoint rows).
 
     Args:
         points: [n, D] float32, raw (centred on `mean` here, block by block).
@@ -96,53 +103,76 @@ def nearest_center(points: np.ndarray, mean: np.ndarray, centers: np.ndarray) ->
     """
     count, dims = points.shape
     centers32 = np.ascontiguousarray(centers, dtype=np.float32)
-    center_norms = (centers32.astype(np.float64) ** 2).sum(axis=1)
-    labels = np.empty(count, dtype=np.int64)
-    squared = np.empty(count, dtype=np.float64)
-    block = np.zeros((ROW_BLOCK, dims), dtype=np.float32)
-    for start in range(0, count, ROW_BLOCK):
-        stop = min(start + ROW_BLOCK, count)
-        centred = points[start:stop].astype(np.float64) - mean
-        block[: stop - start] = centred
-        block[stop - start :] = 0.0
-        dots = (block @ centers32.T)[: stop - start].astype(np.float64)
-        row_norms = (block[: stop - start].astype(np.float64) ** 2).sum(axis=1)
-        distances = row_norms[:, None] - 2.0 * dots + center_norms[None, :]
-        nearest = distances.argmin(axis=1)
-        labels[start:stop] = nearest
-        squared[start:stop] = np.maximum(distances[np.arange(stop - start), nearest], 0.0)
-    return labels, squared
+    half_norms = (0.5 * (centers32.astype(np.float64) ** 2).sum(axis=1)).astype(np.float32)
+    mean32 = np.asarray(mean, dtype=np.float32)
+
+    def work(first: int, last: int) -> None:
+        block = np.zeros((ROW_BLOCK, dims), dtype=np.float32)
+        scores = np.empty((ROW_BLOCK, len(centers32)), dtype=np.float32)
+        for start in range(first, last, ROW_BLOCK):
+            stop = min(start + ROW_BLOCK, last)
+            np.subtract(points[start:stop], mean32, out=block[: stop - start])
+            block[stop - start :] = 0.0
+            np.matmul(block, centers32.T, out=scores)
+            np.subtract(half_norms, scores, out=scores)
+            consume(start, stop, scores[: stop - start])
+
+    over_row_chunks(count, ROW_BLOCK, threads, work)
+
+
+def nearest_center(points: np.ndarray, mean: np.ndarray, centers: np.ndarray, threads: int = 1) -> np.ndarray:
+    """[n] int64 nearest center of each point (ties: the lowest index); arguments as `center_scores`."""
+    labels = np.empty(len(points), dtype=np.int64)
+
+    def consume(start: int, stop: int, scores: np.ndarray) -> None:
+        labels[start:stop] = scores.argmin(axis=1)
+
+    center_scores(points, mean, centers, threads, consume)
+    return labels
 
 
 def fixed_point_scale(max_abs: float, count: int) -> float:
-    """A power of two s with max_abs x s x count < 2^61: int64 sums of round(x * s) cannot overflow."""
+    """A power of two s with max_abs x s x count < 2^52: every partial sum of round(x * s) is an integer below 2^53.
+
+    At most 2^100, so x x s stays finite in float32."""
     bound = max(float(max_abs), 1e-30) * max(int(count), 1)
-    return float(2.0 ** (61 - math.ceil(math.log2(bound)) - 1))
+    return float(2.0 ** min(100, 52 - math.ceil(math.log2(bound)) - 1))
 
 
-def cluster_sums(points: np.ndarray, mean: np.ndarray, labels: np.ndarray, clusters: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """([k, D] int64 fixed-point sums of the centred points per cluster, [k] int64 counts)."""
+def cluster_sums(points: np.ndarray, labels: np.ndarray, clusters: int, scale: float, threads: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """([k, D] int64 fixed-point sums of the points per cluster, [k] int64 counts).
+
+    Each value becomes rint(x x scale) in float32 (scale a power of two: the product is
+    exact, only bits below 1 / scale are rounded, the same wherever the row is). These
+    integers are added per (cluster, dimension) with one float64 `np.bincount` per block:
+    `fixed_point_scale` keeps every partial sum an integer below 2^53, so the float64
+    additions are exact and the sums the same bits in any order, on any shard or thread.
+    SUM_BLOCK rows at a time: O(SUM_BLOCK x D) memory per thread.
+    """
     count, dims = points.shape
-    sums = np.zeros((clusters, dims), dtype=np.int64)
-    for start in range(0, count, SUM_BLOCK):
-        stop = min(start + SUM_BLOCK, count)
-        fixed = np.rint((points[start:stop].astype(np.float64) - mean) * scale).astype(np.int64)
-        block_labels = labels[start:stop]
-        # exact integer sums via float64 bincounts of 26-bit halves: every partial sum stays below 2^53
-        low = (fixed & LOW_MASK).astype(np.float64)
-        high = (fixed >> LOW_BITS).astype(np.float64)
-        for dim in range(dims):
-            low_sum = np.bincount(block_labels, weights=low[:, dim], minlength=clusters).astype(np.int64)
-            high_sum = np.bincount(block_labels, weights=high[:, dim], minlength=clusters).astype(np.int64)
-            sums[:, dim] += (high_sum << LOW_BITS) + low_sum
-    return sums, np.bincount(labels, minlength=clusters).astype(np.int64)
+    factor = np.float32(scale)
+    columns = np.arange(dims, dtype=np.int64)
+    parts: list[np.ndarray] = []
+
+    def work(first: int, last: int) -> None:
+        sums = np.zeros(clusters * dims, dtype=np.float64)
+        for start in range(first, last, SUM_BLOCK):
+            stop = min(start + SUM_BLOCK, last)
+            cells = (labels[start:stop, None] * dims + columns).ravel()
+            values = np.rint(points[start:stop] * factor).astype(np.float64).ravel()
+            sums += np.bincount(cells, weights=values, minlength=clusters * dims)
+        parts.append(sums.astype(np.int64).reshape(clusters, dims))
+
+    over_row_chunks(count, SUM_BLOCK, threads, work)
+    total = np.sum(parts, axis=0) if parts else np.zeros((clusters, dims), dtype=np.int64)
+    return total, np.bincount(labels, minlength=clusters).astype(np.int64)
 
 
-def updated_centers(centers: np.ndarray, sums: np.ndarray, counts: np.ndarray, scale: float) -> np.ndarray:
-    """Each center moved to the mean of its points (fixed-point sums); empty clusters stay."""
+def updated_centers(centers: np.ndarray, sums: np.ndarray, counts: np.ndarray, scale: float, mean: np.ndarray) -> np.ndarray:
+    """Each (centred) center moved to the mean of its points (fixed-point sums) minus `mean`; empty clusters stay."""
     moved = centers.copy()
     filled = counts > 0
-    moved[filled] = (sums[filled].astype(np.float64) / scale) / counts[filled, None]
+    moved[filled] = (sums[filled].astype(np.float64) / scale) / counts[filled, None] - mean
     return moved
 
 
@@ -150,11 +180,12 @@ AssignStep = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, int]]
 
 
 def lloyd(
-    step: AssignStep, centers: np.ndarray, count: int, scale: float, max_iters: int = KMEANS_MAX_ITERS, shift_tolerance: float = 0.0
+    step: AssignStep, centers: np.ndarray, mean: np.ndarray, count: int, scale: float, max_iters: int = KMEANS_MAX_ITERS,
+    shift_tolerance: float = 0.0,
 ) -> tuple[np.ndarray, int]:
     """Lloyd's iterations given `step(centers) -> (sums, counts, changed)` over the whole pool.
 
-    `step` assigns every point to its nearest of `centers`, keeps those labels, and returns
+    Centers are centred on `mean`; `step` assigns every point to its nearest of `centers`, keeps those labels, and returns
     the fixed-point sums and counts of that assignment and how many labels changed (every
     point counts as changed on the first call). Stops when at most KMEANS_TOLERANCE of the
     points changed or, on pools above EXACT_BELOW points, when the centers moved by at most
@@ -165,7 +196,7 @@ def lloyd(
     steps = 0
     while steps < max_iters:
         steps += 1
-        moved = updated_centers(centers, sums, counts, scale)
+        moved = updated_centers(centers, sums, counts, scale, mean)
         shift = float(((moved - centers) ** 2).sum())
         centers = moved
         sums, counts, changed = step(centers)
@@ -179,9 +210,9 @@ def shift_tolerance_of(sample: np.ndarray) -> float:
     return float(KMEANS_SHIFT_TOLERANCE * np.asarray(sample, dtype=np.float64).var(axis=0).mean()) if len(sample) else 0.0
 
 
-def max_abs_centred(low: np.ndarray, high: np.ndarray, mean: np.ndarray) -> float:
-    """The largest |x - mean| any point can have, from per-dimension min and max."""
-    return float(np.maximum(np.abs(high - mean), np.abs(low - mean)).max()) if len(mean) else 0.0
+def max_abs(low: np.ndarray, high: np.ndarray) -> float:
+    """The largest |x| any point can have, from per-dimension min and max."""
+    return float(np.maximum(np.abs(high), np.abs(low)).max()) if len(low) else 0.0
 
 
 def seeded_kmeans(points: np.ndarray, clusters: int, seed: int, max_iters: int = KMEANS_MAX_ITERS) -> tuple[np.ndarray, int]:
@@ -211,18 +242,18 @@ def kmeans_with_centers(points: np.ndarray, clusters: int, seed: int, max_iters:
     sample = points[init_sample(len(points), clusters, seed)]
     mean, centers = initial_centers(sample, clusters, seed)
     tolerance = shift_tolerance_of(sample)
-    scale = fixed_point_scale(max_abs_centred(points.min(axis=0), points.max(axis=0), mean), len(points))
+    scale = fixed_point_scale(max_abs(points.min(axis=0), points.max(axis=0)), len(points))
     state = {"labels": None}
 
     def step(current: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
-        labels, _ = nearest_center(points, mean, current)
+        labels = nearest_center(points, mean, current)
         previous = state["labels"]
         changed = len(labels) if previous is None else int((labels != previous).sum())
         state["labels"] = labels
-        sums, counts = cluster_sums(points, mean, labels, len(current), scale)
+        sums, counts = cluster_sums(points, labels, len(current), scale)
         return sums, counts, changed
 
-    centers, steps = lloyd(step, centers, len(points), scale, max_iters, tolerance)
+    centers, steps = lloyd(step, centers, mean, len(points), scale, max_iters, tolerance)
     return state["labels"], mean, centers, steps
 
 
@@ -248,7 +279,7 @@ def distributed_kmeans(group, count: int, low: np.ndarray, high: np.ndarray, clu
     mean, centers = initial_centers(sample, clusters, seed)
     tolerance = shift_tolerance_of(sample)
     del sample
-    scale = fixed_point_scale(max_abs_centred(low, high, mean), count)
+    scale = fixed_point_scale(max_abs(low, high), count)
     group.call("reset_labels")
 
     def step(current: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
@@ -257,5 +288,5 @@ def distributed_kmeans(group, count: int, low: np.ndarray, high: np.ndarray, clu
         counts = np.sum([r[1] for r in results], axis=0)
         return sums, counts, int(sum(r[2] for r in results))
 
-    centers, steps = lloyd(step, centers, count, scale, max_iters, tolerance)
+    centers, steps = lloyd(step, centers, mean, count, scale, max_iters, tolerance)
     return mean, centers, steps

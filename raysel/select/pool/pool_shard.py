@@ -21,8 +21,9 @@ from raysel.store import FeatureStore
 class PoolShard:
     """Rows of the pool: ids [n] int64 ascending, vectors [n, D] float32, labeled [n] bool."""
 
-    def __init__(self, uris: list[str], vectors: np.ndarray) -> None:
+    def __init__(self, uris: list[str], vectors: np.ndarray, threads: int = 1) -> None:
         self.uris: list[str] | None = list(uris)
+        self.threads = max(1, int(threads))  # the kernels' row blocks spread over this many threads (same results)
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.ids = np.zeros(0, dtype=np.int64)
         self.labeled = np.zeros(0, dtype=bool)
@@ -34,9 +35,9 @@ class PoolShard:
         self.probes: np.ndarray | None = None  # [n, probes] int64 each row's probed cells
 
     @classmethod
-    def from_store(cls, store_uri: str, options: StorageOptions, slices: list[RowSlice]) -> "PoolShard":
+    def from_store(cls, store_uri: str, options: StorageOptions, slices: list[RowSlice], threads: int = 1) -> "PoolShard":
         uris, vectors = load_rows(FeatureStore(store_uri, options), slices, "embedding")
-        return cls(uris, vectors[:, 0, :] if vectors.ndim == 3 else vectors)
+        return cls(uris, vectors[:, 0, :] if vectors.ndim == 3 else vectors, threads)
 
     # --- set-up ---
     def summary(self) -> dict:
@@ -88,10 +89,10 @@ class PoolShard:
     # --- K-Means ---
     def kmeans_step(self, centers: np.ndarray, mean: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray, int]:
         """Assign rows to their nearest center; (fixed-point sums, counts, labels changed)."""
-        labels, _ = kmeans.nearest_center(self.vectors, mean, centers)
+        labels = kmeans.nearest_center(self.vectors, mean, centers, self.threads)
         changed = len(labels) if len(self.labels) != len(labels) else int((labels != self.labels).sum())
         self.labels = labels
-        sums, counts = kmeans.cluster_sums(self.vectors, mean, labels, len(centers), scale)
+        sums, counts = kmeans.cluster_sums(self.vectors, labels, len(centers), scale, self.threads)
         return sums, counts, changed
 
     def reset_labels(self) -> None:
@@ -118,7 +119,7 @@ class PoolShard:
     def set_cells(self, cells: ivf_lists.IvfCells | None) -> None:
         """Search the ball graph through these IVF cells (None: the exact flat search)."""
         self.cells = cells
-        self.probes = None if cells is None else ivf_lists.probe_lists(self.vectors, cells)
+        self.probes = None if cells is None else ivf_lists.probe_lists(self.vectors, cells, self.threads)
 
     def export(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         return self.ids, self.vectors, self.probes
@@ -145,7 +146,7 @@ class PoolShard:
 
     # --- purity rule ---
     def assign(self, centers: np.ndarray, mean: np.ndarray) -> None:
-        self.labels, _ = kmeans.nearest_center(self.vectors, mean, centers)
+        self.labels = kmeans.nearest_center(self.vectors, mean, centers, self.threads)
 
     def nearest_other_cluster(self, queries: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
         return ball_graph.nearest_other_cluster(queries, query_labels, self.vectors, self.labels)
@@ -161,4 +162,4 @@ class PoolShard:
         labels = np.concatenate([p[1] for p in parts])
         vectors = np.concatenate([p[2] for p in parts])
         labeled = np.concatenate([p[3] for p in parts])
-        return typicality.top_of_clusters(wanted, ids, labels, vectors, labeled)
+        return typicality.top_of_clusters(wanted, ids, labels, vectors, labeled, self.threads)

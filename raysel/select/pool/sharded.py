@@ -116,16 +116,18 @@ class PoolShardActor:
         self.shard: PoolShard | None = None
         self.started = time.time()
 
-    def ping(self) -> str:
-        return ray.get_runtime_context().get_node_id()
+    def ping(self) -> tuple[str, int]:
+        """(node id, CPUs usable by this process)."""
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return ray.get_runtime_context().get_node_id(), cpus
 
     def is_loaded(self) -> bool:
         """False in a fresh (or restarted) actor: its rows are not loaded yet."""
         return self.shard is not None
 
     @single_threaded
-    def load(self, store_uri: str, options: StorageOptions, slices: list[RowSlice]) -> dict:
-        self.shard = PoolShard.from_store(store_uri, options, slices)
+    def load(self, store_uri: str, options: StorageOptions, slices: list[RowSlice], threads: int = 1) -> dict:
+        self.shard = PoolShard.from_store(store_uri, options, slices, threads)
         return self.shard.summary()
 
     @single_threaded
@@ -142,6 +144,7 @@ class PoolShardActor:
         return {
             "shard": self.index,
             "rows": len(self.shard.ids) if self.shard is not None else 0,
+            "threads": self.shard.threads if self.shard is not None else 0,
             "vector_bytes": self.shard.vector_bytes() if self.shard is not None else 0,
             "peak_rss_bytes": peak_rss_bytes(),
             "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 3),
@@ -211,11 +214,17 @@ class RayPoolGroup(PoolGroup):
                 f"{len(waiting)} of {self.num_shards} pool shard actors did not start within {PLACEMENT_TIMEOUT_S:.0f}s "
                 f"({actor_cpus:g} CPU each)"
             )
+        placed = ray.get(pings)
+        per_node: dict[str, int] = {}
+        for node, _ in placed:
+            per_node[node] = per_node.get(node, 0) + 1
+        # as the K-Center shards: each actor's kernels use its node's cores shared among the node's actors
+        self.threads = [max(1, cpus // per_node[node]) for node, cpus in placed]
         self.summaries = self._gather("load", lambda i: self.actors[i].load.remote(*self._load_args(i)))
 
     # --- restart and replay ---
     def _load_args(self, index: int) -> tuple:
-        return self.store.uri, self.store.options, self.plan[index]
+        return self.store.uri, self.store.options, self.plan[index], self.threads[index]
 
     def _remember(self, index: int, method: str, args: tuple) -> None:
         if method in LABEL_CALLS:

@@ -6,7 +6,11 @@ always come in id (= uri) order.
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+
+from raysel.select.blas import one_blas_thread
 
 TYPICALITY_NEIGHBOURS = 20  # the paper's k
 ROW_BLOCK = 1024
@@ -52,13 +56,27 @@ def most_typical(ids: np.ndarray, vectors: np.ndarray, labeled: np.ndarray, coun
     return [(float(scores[i]), int(ids[i])) for i in order]
 
 
-def top_of_clusters(wanted: dict[int, int], ids: np.ndarray, labels: np.ndarray, vectors: np.ndarray, labeled: np.ndarray) -> dict[int, list[tuple[float, int]]]:
-    """`most_typical` of each wanted cluster (cluster -> picks wanted) among the given members."""
+def top_of_clusters(
+    wanted: dict[int, int], ids: np.ndarray, labels: np.ndarray, vectors: np.ndarray, labeled: np.ndarray, threads: int = 1
+) -> dict[int, list[tuple[float, int]]]:
+    """`most_typical` of each wanted cluster (cluster -> picks wanted) among the given members.
+
+    Clusters are independent: they are spread over `threads` threads (BLAS held to one), the
+    numbers do not change."""
     order = np.lexsort((ids, labels))
     ids, labels, vectors, labeled = ids[order], labels[order], vectors[order], labeled[order]
     starts = np.searchsorted(labels, np.asarray(sorted(wanted), dtype=np.int64), side="left")
     stops = np.searchsorted(labels, np.asarray(sorted(wanted), dtype=np.int64), side="right")
-    return {
-        cluster: most_typical(ids[a:b], vectors[a:b], labeled[a:b], wanted[cluster])
-        for cluster, a, b in zip(sorted(wanted), starts, stops)
-    }
+    clusters = sorted(wanted)
+
+    def top(position: int) -> list[tuple[float, int]]:
+        a, b = starts[position], stops[position]
+        return most_typical(ids[a:b], vectors[a:b], labeled[a:b], wanted[clusters[position]])
+
+    with one_blas_thread():
+        if threads <= 1 or len(clusters) <= 1:
+            found = [top(position) for position in range(len(clusters))]
+        else:
+            with ThreadPoolExecutor(min(int(threads), len(clusters))) as pool:
+                found = list(pool.map(top, range(len(clusters))))
+    return dict(zip(clusters, found))
