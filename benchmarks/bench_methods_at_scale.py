@@ -11,13 +11,15 @@ Each (method, shards) runs `run_selection` in its own process on an embedded Ray
 machine's CPUs, so the driver's peak RSS (getrusage of that process) is its own. Actor
 peak RSS comes from the run's `<out>.config.json` stats (shard actors report theirs);
 methods without actors (random, pt4al, uncertainty stream the store in the driver)
-show "-". pt4al runs cycle 1 of 10 and uncertainty entropy, both with the linear head on
+show "-". The picks column (a hash of the picked uris in order) shows whether 1 and 2
+shards picked the same images in the same order. pt4al runs cycle 1 of 10 and uncertainty entropy, both with the linear head on
 the store's `-labels.csv` (made by make_byo_store.py). Wall time: run_selection only
 (Ray start-up excluded: every run joins one Ray the benchmark starts). Writes benchmarks/results/<name>.md.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -69,6 +71,7 @@ def run_one(args: argparse.Namespace) -> None:
     print(json.dumps({
         "wall_s": wall, "driver_peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
         "actor_peak_rss": max(_peaks(stats, []), default=None), "picks": table.num_rows,
+        "picks_sha": hashlib.sha256("\n".join(table.column("uri").to_pylist()).encode()).hexdigest()[:12],
         "figures": {k: v for k, v in stats.items() if isinstance(v, (int, float, str)) and k != "shards"},
     }))
 
@@ -108,8 +111,8 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.1f} at the start. Store: {rows or 'see make_byo_store.py'}.",
         f"Command: `{' '.join(['python', *sys.argv])}`",
         "",
-        "| method | shards | wall s | driver peak RSS GiB | actor peak RSS GiB | figures |",
-        "|---|---|---|---|---|---|",
+        "| method | shards | wall s | driver peak RSS GiB | actor peak RSS GiB | picks (sha256 of the uris, in order) | figures |",
+        "|---|---|---|---|---|---|---|",
     ]
     for method in methods:
         for shards in args.shards:
@@ -123,20 +126,20 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     os.killpg(child.pid, signal.SIGTERM)  # the run and anything it started
                     child.communicate()
-                    lines.append(f"| {method} | {shards} | > {args.timeout:.0f} (stopped) | | | |")
+                    lines.append(f"| {method} | {shards} | > {args.timeout:.0f} (stopped) | | | | |")
                     print(lines[-1], flush=True)
                     continue
                 done = subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
                 if done.returncode != 0:
                     error = (done.stderr.strip().splitlines() or ["?"])[-1][:200]
-                    lines.append(f"| {method} | {shards} | failed after {time.perf_counter() - started:.0f} | | | {error} |")
+                    lines.append(f"| {method} | {shards} | failed after {time.perf_counter() - started:.0f} | | | | {error} |")
                 else:
                     result = json.loads(done.stdout.strip().splitlines()[-1])
                     actor = result["actor_peak_rss"]
                     figures = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result["figures"].items())
                     lines.append(
                         f"| {method} | {shards} | {result['wall_s']:.1f} | {result['driver_peak_rss'] / 2**30:.2f} | "
-                        f"{'-' if actor is None else f'{actor / 2**30:.2f}'} | {figures} |"
+                        f"{'-' if actor is None else f'{actor / 2**30:.2f}'} | {result['picks_sha']} | {figures} |"
                     )
             print(lines[-1], flush=True)
             (RESULTS / f"{args.name}.md").write_text("\n".join(lines) + "\n")

@@ -57,6 +57,29 @@ def test_probe_lists_do_not_depend_on_the_block_or_shard():
 
 
 @pytest.mark.pure
+def test_candidates_are_exactly_the_pairs_sharing_a_probed_cell_on_any_block_or_thread_count():
+    queries, base = blobs(700, seed=4), blobs(500, seed=5)
+    cells = ivf_lists.train_lists(np.concatenate([queries, base]), 30, 3, seed=0)
+    query_probes, base_probes = ivf_lists.probe_lists(queries, cells), ivf_lists.probe_lists(base, cells)
+    shares = (query_probes[:, None, :] == base_probes[None, :, :1]).any(-1) | (query_probes[:, None, :1] == base_probes[None, :, :]).any(-1)
+    squared = ((queries[:, None, :].astype(np.float64) - base[None].astype(np.float64)) ** 2).sum(-1)
+    for radius in (np.inf, 0.8):
+        expected = {(int(q), int(b)) for q, b in zip(*np.nonzero(shares & (squared < radius)))}
+        for block, threads in ((2048, 1), (7, 3), (1, 2)):
+            found = ivf_lists.candidate_pairs(
+                queries, ivf_lists.CellLists.of(queries, query_probes, cells.lists), base,
+                ivf_lists.CellLists.of(base, base_probes, cells.lists), cells.lists, radius, block, lambda q, b, d: (q, b, d), threads,
+            )
+            pairs = [(int(q), int(b)) for q_rows, b_rows, _ in found for q, b in zip(q_rows, b_rows)]
+            if radius == np.inf:
+                assert sorted(pairs) == sorted(expected)  # each shared-cell pair exactly once
+            else:  # float32 distances: the same set away from the radius itself
+                assert len(pairs) == len(set(pairs)) and abs(len(set(pairs) ^ expected)) <= 2
+            distances = np.concatenate([d for _, _, d in found])
+            np.testing.assert_allclose(distances, [squared[q, b] for q, b in pairs], atol=1e-4)
+
+
+@pytest.mark.pure
 def test_every_cell_probed_is_the_exact_graph_and_picks():
     points = blobs(3000)
     uris = [f"u{i:05d}" for i in np.random.default_rng(1).permutation(3000)]

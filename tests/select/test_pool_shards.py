@@ -49,11 +49,37 @@ def test_sharded_ball_graph_is_the_whole_one():
     assert len(neighbours) > 3 * len(vectors)
     for shards in (2, 4):
         group, _ = open_memory_pool(vectors, [f"u{i:05d}" for i in range(1500)], [], 1, shards)
-        group.round_robin("ball_search", 0.4)
+        group.round_robin("ball_search", 0.4, True)
         group.call("finish_graph")
         for row in range(0, 1500, 7):
             got = np.concatenate(group.call("neighbours_of", np.array([row])))
             assert sorted(got.tolist()) == neighbours[indptr[row] : indptr[row + 1]].tolist()
+
+
+@pytest.mark.pure
+@pytest.mark.parametrize("shards", [1, 3])
+def test_ivf_balls_searched_on_demand_are_the_stored_ones(shards):
+    from raysel.select.pool import ivf_lists
+
+    vectors = unit(blob_pool(1500, seed=2))
+    uris = [f"u{i:05d}" for i in range(1500)]
+    cells = ivf_lists.train_lists(vectors, 25, 3, seed=0)
+    graphs = []
+    for keep in (True, False):
+        group, _ = open_memory_pool(vectors, uris, [], 1, shards)
+        group.call("set_cells", cells)
+        pairs = sum(group.round_robin("ball_search", 0.4, keep))
+        degrees = np.zeros(1500, dtype=np.int64)
+        for ids, degree in group.call("finish_graph"):
+            degrees[ids] = degree
+        graphs.append((group, pairs, degrees))
+    (stored, pairs, degrees), (searched, counted_pairs, counted) = graphs
+    assert pairs == counted_pairs and np.array_equal(degrees, counted) and degrees.sum() > 3 * 1500
+    for rows in (np.array([5]), np.arange(0, 1500, 11), np.arange(1500)):
+        lists = np.sort(np.concatenate(stored.call("neighbours_of", rows)))
+        parts = [part for part in searched.call("rows_with_probes", rows) if len(part[0])]
+        queries = tuple(np.concatenate([part[i] for part in parts]) for i in range(3))
+        assert np.array_equal(np.sort(np.concatenate(searched.call("neighbours_near", 0.4, queries))), lists)
 
 
 @pytest.mark.pure

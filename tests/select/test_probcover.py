@@ -95,6 +95,31 @@ def test_greedy_matches_a_dense_reference(seed):
 
 
 @pytest.mark.pure
+def test_nearest_other_cluster_is_the_exact_minimum_on_any_blocking(monkeypatch):
+    from raysel.select.pool import ball_graph
+
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((900, 12)).astype(np.float32)
+    base[5] = base[4]  # a duplicate across clusters: distance 0
+    labels = rng.integers(0, 6, 900)
+    labels[4], labels[5] = 0, 1
+    labels[100:] = np.where(labels[100:] == 5, 4, labels[100:])  # cluster 5 only among the first 100
+    queries, query_labels = base[::3], labels[::3]
+    exact = np.sqrt((((queries[:, None, :].astype(np.float64) - base[None].astype(np.float64)) ** 2).sum(-1)))
+    exact[query_labels[:, None] == labels[None, :]] = np.inf
+    expected = exact.min(axis=1)
+    # no point of another cluster at all: inf
+    assert np.isinf(ball_graph.nearest_other_cluster(queries, np.full(300, 7), base[:1], np.array([7]))).all()
+    for query_block, base_block, threads in ((512, 8192, 1), (7, 50, 3), (64, 1, 2)):
+        monkeypatch.setattr(ball_graph, "OTHER_QUERY_BLOCK", query_block)
+        monkeypatch.setattr(ball_graph, "OTHER_BASE_BLOCK", base_block)
+        got = ball_graph.nearest_other_cluster(queries, query_labels, base, labels, threads)
+        np.testing.assert_array_equal(got, expected)  # the float64 value of the true nearest point, bit for bit
+        shards = [ball_graph.nearest_other_cluster(queries, query_labels, base[a:b], labels[a:b]) for a, b in ((0, 333), (333, 900))]
+        np.testing.assert_array_equal(np.minimum(*shards), expected)
+
+
+@pytest.mark.pure
 def test_purity_rule_picks_the_expected_delta():
     # two clusters on a line; the nearest point of the other cluster is 0.355, 0.455, 0.555 or 0.655 away (2 each)
     vectors = on_a_line([0, 0.1, 0.2, 0.3, 0.655, 0.755, 0.855, 0.955])

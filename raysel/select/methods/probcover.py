@@ -37,8 +37,10 @@ vectors. The graph: in S rounds, shard i range-searches its rows against shard
 rows; no process ever forms an N x N product or holds more than two shards. The greedy:
 the driver holds one counter per image (uncovered images in its ball) and a covered
 flag; each pick asks the shards for the ball of the winner and for the neighbours of
-the newly covered images (2 round trips a pick). Cost: O(N^2 x D / S) per shard for the
-exact graph, O(edges) memory over the shards, O(N) on the driver, O(budget x N) greedy.
+the newly covered images (2 round trips a pick; 4 with IVF, which gathers their vectors
+first). Cost: O(N^2 x D / S) per shard for the exact graph, O(edges) memory over the shards
+(O(N) with IVF), O(N) on the driver, O(budget x N) greedy. The purity rule's nearest
+other-cluster distances: O(sample x N x D / S) in BLAS on the shards.
 Same picks for any S, and the same as `probcover_reference`.
 
 Large pools (`--ball-index auto`, above IVF_ABOVE images; or `--ball-index ivf`): the range
@@ -46,7 +48,12 @@ search compares only pairs sharing a probed IVF cell (`pool/ivf_lists.py`: `--iv
 trained on a seeded sample, `--ivf-probes` per image), then checks them exactly: a symmetric
 subset of the exact graph, deterministic and the same for any S, about 2 x probes / cells of the
 flat search's comparisons. Its edge recall and the coverage its picks reach on the exact graph:
-benchmarks/bench_probcover_ivf.py.
+benchmarks/bench_probcover_ivf.py. The IVF graph is never stored: the first search only counts
+each image's ball, and the greedy searches again the balls of the images each pick covers
+(`PoolShard.neighbours_near`, the same kernel, so the same pairs). Each image is covered once,
+so the greedy's searches add at most one more pass over the pool, and memory stays O(N) however
+large the balls: at 1.28M images of ~1,000 tight classes a purity-rule delta can hold every
+class in each ball, over 1e9 edges (16 GB as stored pairs).
 """
 from __future__ import annotations
 
@@ -162,15 +169,23 @@ def probcover_on_pool(
     `cells`: build the graph through these IVF cells (approximate: may miss edges); None: exact.
     """
     count = index.count
+    stored = cells is None  # IVF: count the balls, then search each covered image's ball when the greedy needs it
     group.call("set_cells", group.put(cells))
-    pairs = group.round_robin("ball_search", float(delta))  # the cells stay: a restarted shard replays this search
+    pairs = group.round_robin("ball_search", float(delta), stored)  # a restarted shard replays this search
     uncovered_in_ball = np.ones(count, dtype=np.int64)  # the image itself is in its ball
     for ids, degree in group.call("finish_graph"):
         uncovered_in_ball[ids] += degree
     covered = np.zeros(count, dtype=bool)
 
     def neighbours(rows: np.ndarray) -> np.ndarray:
-        return np.concatenate(group.call("neighbours_of", np.asarray(rows, dtype=np.int64)) + [np.zeros(0, np.int64)])
+        rows = np.asarray(rows, dtype=np.int64)
+        if stored:
+            return np.concatenate(group.call("neighbours_of", rows) + [np.zeros(0, np.int64)])
+        found = [part for part in group.call("rows_with_probes", rows) if len(part[0])]
+        if not found:
+            return np.zeros(0, np.int64)
+        queries = group.put(tuple(np.concatenate([part[i] for part in found]) for i in range(3)))
+        return np.concatenate(group.call("neighbours_near", float(delta), queries) + [np.zeros(0, np.int64)])
 
     def cover(rows: np.ndarray) -> None:
         rows = np.unique(rows)

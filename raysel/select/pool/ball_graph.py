@@ -4,9 +4,9 @@ The kernels take one block of query rows and one block of base rows (the whole
 pool in the single-process reference; one shard's rows against another shard's
 on the actors) and return the pairs closer than delta:
 
-1. faiss range search (exact, brute-force L2, float32) with a slightly larger radius
-   proposes candidate pairs (on large pools: only the pairs sharing a probed IVF cell,
-   `ivf_lists.py`, which may miss some);
+1. a float32 search with a slightly larger radius proposes candidate pairs: faiss range
+   search (exact, brute-force L2) or, on large pools, BLAS products over only the pairs
+   sharing a probed IVF cell (`ivf_lists.py`, which may miss some);
 2. a pair is kept when sum((x - y)^2), computed in float64 element by element, is below
    delta^2. That decision depends only on the two vectors, never on the index layout,
    the block or the shard: the graph is symmetric and the same on 1 or many shards.
@@ -22,12 +22,19 @@ import faiss
 import numpy as np
 
 from raysel.select.pool import ivf_lists
-from raysel.select.blas import single_threaded
+from raysel.select.blas import over_row_chunks, single_threaded
 
 QUERY_BLOCK = 4096  # query rows per faiss call: bounds the transient result size
+IVF_QUERY_BLOCK = 2048  # IVF search: rows probing a cell per BLAS product with its members
 CANDIDATE_MARGIN = 1e-4  # extra squared radius for the float32 search; exact float64 check after
 RECHECK_VALUES = 1 << 22  # pair x dimension values re-checked at a time (32 MB of float64 per operand)
-NEAREST_CANDIDATES = 32  # kNN depth tried before an exhaustive search for the nearest other-cluster point
+OTHER_QUERY_BLOCK = 512  # nearest_other_cluster: queries per BLAS block
+OTHER_BASE_BLOCK = 8192  # ... and base rows per block
+
+
+def squared_norms(vectors: np.ndarray) -> np.ndarray:
+    """[n] float64 squared norms of float32 rows."""
+    return np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64)
 
 
 def exact_squared(queries: np.ndarray, base: np.ndarray, query_rows: np.ndarray, base_rows: np.ndarray) -> np.ndarray:
@@ -43,7 +50,8 @@ def exact_squared(queries: np.ndarray, base: np.ndarray, query_rows: np.ndarray,
 
 def ball_pairs(
     queries: np.ndarray, query_ids: np.ndarray, base: np.ndarray, base_ids: np.ndarray, delta: float,
-    query_probes: np.ndarray | None = None, base_probes: np.ndarray | None = None, lists: int = 0,
+    query_probes: np.ndarray | None = None, base_probes: np.ndarray | None = None, lists: int = 0, threads: int = 1,
+    base_lists: ivf_lists.CellLists | None = None, base_norms: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (query row, base id) with |query - base| < delta, a point never its own neighbour.
 
@@ -52,6 +60,9 @@ def ball_pairs(
         base: [b, D] float32; base_ids: [b] int64 global ids.
         query_probes, base_probes: [q, probes], [b, probes] int64 IVF cells (`ivf_lists.probe_lists`)
             of `lists` cells: compare only pairs sharing a probed cell. None: every pair (exact).
+        threads: threads the IVF search spreads its cells over (the flat search: faiss' own).
+        base_lists: the base's `ivf_lists.CellLists`, when the caller keeps them (built here otherwise).
+        base_norms: [b] float64 squared norms of `base`, when the caller keeps them.
 
     Returns:
         query rows [pairs] int64 (positions in `queries`), neighbour ids [pairs] int64.
@@ -61,8 +72,9 @@ def ball_pairs(
     if not len(queries) or not len(base):
         return np.zeros(0, np.int64), np.zeros(0, np.int64)
     limit = float(delta) ** 2
-    query_norms = np.einsum("ij,ij->i", queries, queries, dtype=np.float64)
-    base_norms = np.einsum("ij,ij->i", base, base, dtype=np.float64)
+    query_norms = squared_norms(queries)
+    if base_norms is None:
+        base_norms = squared_norms(base)
     # wide enough that float32 rounding cannot push a true pair out of the search
     worst_error = float32_error(queries.shape[1]) * (float(query_norms.max()) + float(base_norms.max()))
     radius = limit + max(CANDIDATE_MARGIN * max(limit, 1.0), worst_error)
@@ -79,8 +91,10 @@ def ball_pairs(
 
     rows_out, ids_out = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     if query_probes is not None and base_probes is not None:
-        for rows, found, distances in ivf_lists.candidate_pairs(queries, query_probes, base, base_probes, lists, radius, QUERY_BLOCK):
-            rows, ids = exact(rows, found, distances)
+        query_lists = ivf_lists.CellLists.of(queries, query_probes, lists)
+        if base_lists is None:
+            base_lists = ivf_lists.CellLists.of(base, base_probes, lists)
+        for rows, ids in ivf_lists.candidate_pairs(queries, query_lists, base, base_lists, lists, radius, IVF_QUERY_BLOCK, exact, threads):
             rows_out.append(rows)
             ids_out.append(ids)
         return np.concatenate(rows_out), np.concatenate(ids_out)
@@ -145,38 +159,55 @@ def gather(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> np.ndar
     return indices[offsets]
 
 
-@single_threaded
-def nearest_other_cluster(queries: np.ndarray, query_labels: np.ndarray, base: np.ndarray, base_labels: np.ndarray) -> np.ndarray:
+def nearest_other_cluster(queries: np.ndarray, query_labels: np.ndarray, base: np.ndarray, base_labels: np.ndarray, threads: int = 1) -> np.ndarray:
     """[q] float64 exact distance from each query to the nearest base point of another cluster (inf: none).
 
-    faiss finds the nearest candidates (kNN, then an exhaustive search per cluster for
-    queries whose candidates all share their cluster); the distance is then recomputed
-    in float64 (`exact_squared`), so the value does not depend on how the base is cut.
+    Query blocks against base blocks in float32 BLAS (same-cluster pairs masked out) give
+    every squared distance within `float32_error` of its true value; the pairs within
+    twice that bound of a query's float32 minimum are recomputed in float64
+    (`exact_squared`) and the smallest is the answer. That set always holds the true
+    nearest point, so the value is the exact minimum, whichever way the base is blocked
+    or cut into shards. Query blocks are spread over `threads` threads. Cost: one pass,
+    O(q x b x D) in BLAS; memory O(OTHER_QUERY_BLOCK x OTHER_BASE_BLOCK) per thread.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     base = np.ascontiguousarray(base, dtype=np.float32)
     query_labels, base_labels = np.asarray(query_labels), np.asarray(base_labels)
-    best = np.full(len(queries), -1, dtype=np.int64)
-    if not len(queries) or not len(base):
-        return np.full(len(queries), np.inf)
-    index = faiss.IndexFlatL2(base.shape[1])
-    index.add(base)
-    _, found = index.search(queries, min(NEAREST_CANDIDATES, len(base)))
-    other = (found >= 0) & (base_labels[np.maximum(found, 0)] != query_labels[:, None])
-    resolved = other.any(axis=1)
-    best[resolved] = found[resolved, other[resolved].argmax(axis=1)]
-    for cluster in np.unique(query_labels[~resolved]):
-        wanted = np.flatnonzero(~resolved & (query_labels == cluster))
-        outside = np.flatnonzero(base_labels != cluster)
-        if not len(outside):
-            continue
-        sub = faiss.IndexFlatL2(base.shape[1])
-        sub.add(base[outside])
-        _, nearest = sub.search(queries[wanted], 1)
-        best[wanted] = outside[nearest[:, 0]]
     distance = np.full(len(queries), np.inf)
-    hit = best >= 0
-    distance[hit] = np.sqrt(exact_squared(queries, base, np.flatnonzero(hit), best[hit]))
+    if not len(queries) or not len(base):
+        return distance
+    query_norms, base_norms = squared_norms(queries), squared_norms(base)
+    band = 2.0 * float32_error(queries.shape[1]) * (query_norms + float(base_norms.max()))  # [q] float64
+    base_norms32 = base_norms.astype(np.float32)
+
+    def work(first: int, last: int) -> None:
+        for start in range(first, last, OTHER_QUERY_BLOCK):
+            stop = min(start + OTHER_QUERY_BLOCK, last)
+            block, labels = queries[start:stop], query_labels[start:stop]
+            norms32 = query_norms[start:stop].astype(np.float32)
+            best = np.full(stop - start, np.inf)  # running float32 minimum (as float64)
+            found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+            for base_start in range(0, len(base), OTHER_BASE_BLOCK):
+                base_stop = min(base_start + OTHER_BASE_BLOCK, len(base))
+                squared = block @ base[base_start:base_stop].T
+                squared *= -2.0
+                squared += base_norms32[None, base_start:base_stop]
+                squared += norms32[:, None]
+                squared[labels[:, None] == base_labels[None, base_start:base_stop]] = np.inf
+                np.minimum(best, squared.min(axis=1), out=best)
+                threshold = np.where(np.isfinite(best), best + band[start:stop], -np.inf)  # inf: only same-cluster so far
+                rows, columns = np.nonzero(squared <= threshold[:, None])
+                found.append((rows, columns + base_start, squared[rows, columns].astype(np.float64)))
+            rows = np.concatenate([f[0] for f in found])
+            columns = np.concatenate([f[1] for f in found])
+            values = np.concatenate([f[2] for f in found])
+            near = values <= best[rows] + band[start:stop][rows]  # the band of the final minimum
+            rows, columns = rows[near], columns[near]
+            exact = np.full(stop - start, np.inf)
+            np.minimum.at(exact, rows, exact_squared(queries, base, rows + start, columns))
+            distance[start:stop] = np.sqrt(exact)
+
+    over_row_chunks(len(queries), OTHER_QUERY_BLOCK, threads, work)
     return distance
 
 

@@ -11,8 +11,9 @@ benchmarks/bench_probcover_ivf.py), never add one. With probes = lists it is the
 
 Determinism: a row's probe cells are computed with the same fixed-block product as
 K-Means' assignment (`kmeans.center_scores`), ties to the lowest cell, so they depend
-only on the row and the centers, never on its shard or block; faiss then searches those
-cells exhaustively (`range_search_preassigned`), so the graph is the same on 1 or many shards.
+only on the row and the centers, never on its shard or block; each cell's members are then
+compared with every row probing it (one BLAS product per cell), so the candidates, and
+after the exact check the graph, are the same on 1 or many shards and threads.
 
 Cost: training O(sample x lists x D x iterations) on the driver; probes O(N x lists x D);
 search about O(N x N x D x probes / lists) x 2 instead of O(N x N x D).
@@ -20,13 +21,16 @@ search about O(N x N x D x probes / lists) x 2 instead of O(N x N x D).
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator, Sequence, TypeVar
 
-import faiss
 import numpy as np
 
+from raysel.select.blas import one_blas_thread
 from raysel.select.pool import kmeans
+
+T = TypeVar("T")
 
 TRAIN_ITERS = 20  # Lloyd steps for the cells: a coarse partition, not a final clustering
 TRAIN_PER_LIST = 40  # sample images per cell (faiss warns below 39)
@@ -76,45 +80,111 @@ def probe_lists(points: np.ndarray, cells: IvfCells, threads: int = 1) -> np.nda
     return out
 
 
-def _inverted(vectors: np.ndarray, own_cell: np.ndarray, lists: int, probes: int) -> faiss.IndexIVFFlat:
-    """An IVF index of `vectors` filed under the given cells (no quantizer call: the cells are ours)."""
-    index = faiss.IndexIVFFlat(faiss.IndexFlatL2(vectors.shape[1]), vectors.shape[1], lists)
-    index.is_trained = True
-    index.nprobe = probes
-    positions = np.arange(len(vectors), dtype=np.int64)
-    cells = np.ascontiguousarray(own_cell, dtype=np.int64)
-    index.add_core(len(vectors), faiss.swig_ptr(vectors), faiss.swig_ptr(positions), faiss.swig_ptr(cells))
-    return index
+def _by_cell(cells: np.ndarray, lists: int) -> tuple[np.ndarray, np.ndarray]:
+    """(row of each entry grouped by cell, [lists + 1] bounds): the rows with cell c are rows[bounds[c]:bounds[c + 1]].
+
+    `cells` [n] or [n, probes]: a row appears under each of its cells."""
+    flat = cells.reshape(len(cells), -1)
+    order = np.argsort(flat.ravel(), kind="stable")
+    bounds = np.searchsorted(flat.ravel()[order], np.arange(lists + 1))
+    return order // flat.shape[1], bounds
 
 
-def _search(index: faiss.IndexIVFFlat, queries: np.ndarray, probes: np.ndarray, radius: float, start: int, block: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(query positions, found positions, float32 squared distances) of queries[start : start + block]."""
-    keys = np.ascontiguousarray(probes[start : start + block])
-    lims, distances, found = index.range_search_preassigned(queries[start : start + block], radius, keys, np.zeros(keys.shape, np.float32))
-    return np.repeat(np.arange(start, start + len(keys), dtype=np.int64), np.diff(lims.astype(np.int64))), found.astype(np.int64), distances
+@dataclass(frozen=True)
+class CellLists:
+    """One side's rows grouped by cell, built once and reused for every search against them.
+
+    probes: [n, probes] int64 (`probe_lists`); norms: [n] float32 squared norms;
+    probing / own: (rows, bounds) of `_by_cell` over every probed cell / the own cell.
+    """
+
+    probes: np.ndarray
+    norms: np.ndarray
+    probing: tuple[np.ndarray, np.ndarray]
+    own: tuple[np.ndarray, np.ndarray]
+
+    @classmethod
+    def of(cls, vectors: np.ndarray, probes: np.ndarray, lists: int) -> "CellLists":
+        norms = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64).astype(np.float32)
+        return cls(probes, norms, _by_cell(probes, lists), _by_cell(probes[:, 0], lists))
+
+    def has_probing(self) -> np.ndarray:
+        """[lists] bool: some row probes the cell."""
+        return np.diff(self.probing[1]) > 0
+
+    def has_own(self) -> np.ndarray:
+        """[lists] bool: the cell is some row's own."""
+        return np.diff(self.own[1]) > 0
+
+
+def _cell_pairs(
+    probing: np.ndarray, probing_lists: CellLists, members: np.ndarray, member_lists: CellLists, cells: Sequence[int],
+    radius: float, block: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(probing rows, member rows, float32 squared distances < radius) of the pairs whose member's own cell is one
+    of the probing row's cells, for the given cells: one float32 BLAS product per cell and block of probing rows."""
+    probing_rows, probing_bounds = probing_lists.probing
+    member_rows, member_bounds = member_lists.own
+    for cell in cells:
+        inside = member_rows[member_bounds[cell] : member_bounds[cell + 1]]
+        asking = probing_rows[probing_bounds[cell] : probing_bounds[cell + 1]]
+        if not len(inside) or not len(asking):
+            continue
+        part, part_norms = members[inside], member_lists.norms[inside]
+        for start in range(0, len(asking), block):
+            rows = asking[start : start + block]
+            squared = probing[rows] @ part.T
+            squared *= -2.0
+            squared += probing_lists.norms[rows, None]
+            squared += part_norms[None, :]
+            near_row, near_member = np.nonzero(squared < radius)
+            yield rows[near_row], inside[near_member], squared[near_row, near_member]
+
+
+def _spread(cells: list[int], threads: int) -> list[list[int]]:
+    """`cells` cut into at most `threads` contiguous runs."""
+    parts = max(1, min(int(threads), len(cells)))
+    bounds = [len(cells) * part // parts for part in range(parts + 1)]
+    return [cells[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
 def candidate_pairs(
-    queries: np.ndarray, query_probes: np.ndarray, base: np.ndarray, base_probes: np.ndarray, lists: int, radius: float, block: int
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(query positions, base positions, float32 squared distances) within `radius` in a shared probed cell, per block.
+    queries: np.ndarray, query_lists: CellLists, base: np.ndarray, base_lists: CellLists, lists: int, radius: float,
+    block: int, keep: Callable[[np.ndarray, np.ndarray, np.ndarray], T], threads: int = 1,
+) -> list[T]:
+    """keep(query positions, base positions, float32 squared distances) of the pairs within `radius` that share a probed cell.
 
     A pair is a candidate when the base row's cell is among the query's probes or the
     query's cell among the base row's: a condition symmetric in the two rows. Each pair
-    comes once.
+    comes once. Both halves run per cell: the rows probing the cell against the cell's
+    members, one BLAS product each, so the work is exactly the candidates' (about
+    2 x probes / lists of all pairs). Cells are spread over `threads` threads, which also
+    run `keep`; its results come back in cell order.
 
     Args:
-        queries: [q, D] float32 contiguous; query_probes: [q, probes] int64 (`probe_lists`).
-        base: [b, D] float32 contiguous; base_probes: [b, probes] int64.
+        queries: [q, D] float32 contiguous; base: [b, D] float32 contiguous;
+        query_lists, base_lists: their `CellLists` (built once per side and reused).
     """
-    probes = query_probes.shape[1]
-    index = _inverted(base, base_probes[:, 0], lists, probes)  # the base row's cell among the query's probes
-    for start in range(0, len(queries), block):
-        yield _search(index, queries, query_probes, radius, start, block)
-    index = _inverted(queries, query_probes[:, 0], lists, probes)  # the query's cell among the base row's probes
-    for start in range(0, len(base), block):
-        base_rows, query_rows, distances = _search(index, base, base_probes, radius, start, block)
-        new = np.ones(len(query_rows), dtype=bool)  # not found above: the base row's cell is not among the query's probes
-        for column in range(probes):
-            new &= query_probes[query_rows, column] != base_probes[base_rows, 0]
-        yield query_rows[new], base_rows[new], distances[new]
+    # the base row's cell among the query's probes
+    first = np.flatnonzero(query_lists.has_probing() & base_lists.has_own()).tolist()
+    # the query's cell among the base row's probes (and not found above)
+    second = np.flatnonzero(query_lists.has_own() & base_lists.has_probing()).tolist()
+
+    def work(task: tuple[str, list[int]]) -> list[T]:
+        half, cells = task
+        found = []
+        if half == "first":
+            for rows, members, squared in _cell_pairs(queries, query_lists, base, base_lists, cells, radius, block):
+                found.append(keep(rows, members, squared))
+        else:
+            for members, rows, squared in _cell_pairs(base, base_lists, queries, query_lists, cells, radius, block):
+                new = ~(query_lists.probes[rows] == base_lists.probes[members, :1]).any(axis=1)
+                found.append(keep(rows[new], members[new], squared[new]))
+        return found
+
+    tasks = [("first", run) for run in _spread(first, threads)] + [("second", run) for run in _spread(second, threads)]
+    with one_blas_thread():
+        if threads <= 1 or len(tasks) <= 1:
+            return [item for task in tasks for item in work(task)]
+        with ThreadPoolExecutor(min(int(threads), len(tasks))) as pool:
+            return [item for part in pool.map(work, tasks) for item in part]

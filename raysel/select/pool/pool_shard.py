@@ -33,6 +33,10 @@ class PoolShard:
         self._pairs: list[tuple[np.ndarray, np.ndarray]] = []
         self.cells: ivf_lists.IvfCells | None = None  # IVF cells of the ball search (None: exact flat search)
         self.probes: np.ndarray | None = None  # [n, probes] int64 each row's probed cells
+        self.cell_lists: ivf_lists.CellLists | None = None  # own rows by cell, for `neighbours_near`
+        self.norms: np.ndarray | None = None  # [n] float64 squared norms, for `neighbours_near`
+        self.degrees = np.zeros(0, dtype=np.int64)  # ball sizes counted by ball_search(keep=False)
+        self.counted_only = False
 
     @classmethod
     def from_store(cls, store_uri: str, options: StorageOptions, slices: list[RowSlice], threads: int = 1) -> "PoolShard":
@@ -120,19 +124,32 @@ class PoolShard:
         """Search the ball graph through these IVF cells (None: the exact flat search)."""
         self.cells = cells
         self.probes = None if cells is None else ivf_lists.probe_lists(self.vectors, cells, self.threads)
+        self.cell_lists = None if cells is None else ivf_lists.CellLists.of(self.vectors, self.probes, cells.lists)
+        self.norms = None if cells is None else ball_graph.squared_norms(self.vectors)
 
     def export(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         return self.ids, self.vectors, self.probes
 
-    def ball_search(self, delta: float, base: tuple[np.ndarray, np.ndarray, np.ndarray | None]) -> int:
-        """Find this shard's rows' neighbours among `base` (ids, vectors, probes); returns pairs found."""
+    def ball_search(self, delta: float, keep: bool, base: tuple[np.ndarray, np.ndarray, np.ndarray | None]) -> int:
+        """Find this shard's rows' neighbours among `base` (ids, vectors, probes); returns pairs found.
+
+        keep: store the pairs for `finish_graph`'s lists; otherwise only count each row's
+        neighbours (the graph is then searched again, row by row, by `neighbours_near`).
+        """
         lists = self.cells.lists if self.cells is not None else 0
-        rows, targets = ball_graph.ball_pairs(self.vectors, self.ids, base[1], base[0], delta, self.probes, base[2], lists)
-        self._pairs.append((rows, targets))
+        rows, targets = ball_graph.ball_pairs(self.vectors, self.ids, base[1], base[0], delta, self.probes, base[2], lists, self.threads)
+        self.counted_only = not keep
+        if keep:
+            self._pairs.append((rows, targets))
+        else:
+            counted = np.bincount(rows, minlength=len(self.ids)).astype(np.int64)
+            self.degrees = self.degrees + counted if len(self.degrees) == len(counted) else counted
         return len(rows)
 
     def finish_graph(self) -> tuple[np.ndarray, np.ndarray]:
         """Build the CSR lists from the pairs found; returns (ids, ball sizes without the row itself)."""
+        if self.counted_only:
+            return self.ids, self.degrees
         rows = np.concatenate([p[0] for p in self._pairs]) if self._pairs else np.zeros(0, np.int64)
         targets = np.concatenate([p[1] for p in self._pairs]) if self._pairs else np.zeros(0, np.int64)
         self._pairs = []
@@ -140,16 +157,30 @@ class PoolShard:
         return self.ids, np.diff(self.indptr)
 
     def neighbours_of(self, ids: np.ndarray) -> np.ndarray:
-        """The neighbour ids of those of `ids` this shard holds, concatenated."""
+        """The neighbour ids of those of `ids` this shard holds, concatenated (from the stored lists)."""
         position = self._positions(ids)
         return ball_graph.gather(self.indptr, self.neighbours, position).astype(np.int64)
+
+    def rows_with_probes(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(ids, vectors, probes) of the asked ids this shard holds."""
+        position = self._positions(ids)
+        return self.ids[position], self.vectors[position], self.probes[position]
+
+    def neighbours_near(self, delta: float, queries: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        """The ids of this shard's rows in the balls of `queries` (ids, vectors, probes), concatenated: the same
+        pairs `ball_search` finds for those rows (the same kernel on the same vectors and cells)."""
+        _, targets = ball_graph.ball_pairs(
+            queries[1], queries[0], self.vectors, self.ids, delta, queries[2], self.probes, self.cells.lists, self.threads,
+            base_lists=self.cell_lists, base_norms=self.norms,
+        )
+        return targets
 
     # --- purity rule ---
     def assign(self, centers: np.ndarray, mean: np.ndarray) -> None:
         self.labels = kmeans.nearest_center(self.vectors, mean, centers, self.threads)
 
     def nearest_other_cluster(self, queries: np.ndarray, query_labels: np.ndarray) -> np.ndarray:
-        return ball_graph.nearest_other_cluster(queries, query_labels, self.vectors, self.labels)
+        return ball_graph.nearest_other_cluster(queries, query_labels, self.vectors, self.labels, self.threads)
 
     def vector_bytes(self) -> int:
         return int(self.vectors.nbytes)
@@ -158,8 +189,7 @@ class PoolShard:
         """The most typical unlabeled images of the clusters this shard owns, from every shard's members."""
         if not wanted:
             return {}
-        ids = np.concatenate([p[0] for p in parts])
-        labels = np.concatenate([p[1] for p in parts])
-        vectors = np.concatenate([p[2] for p in parts])
-        labeled = np.concatenate([p[3] for p in parts])
+        ids, labels, vectors, labeled = (
+            parts[0][field] if len(parts) == 1 else np.concatenate([p[field] for p in parts]) for field in range(4)
+        )
         return typicality.top_of_clusters(wanted, ids, labels, vectors, labeled, self.threads)

@@ -63,15 +63,15 @@ def top_of_clusters(
 
     Clusters are independent: they are spread over `threads` threads (BLAS held to one), the
     numbers do not change."""
-    order = np.lexsort((ids, labels))
-    ids, labels, vectors, labeled = ids[order], labels[order], vectors[order], labeled[order]
-    starts = np.searchsorted(labels, np.asarray(sorted(wanted), dtype=np.int64), side="left")
-    stops = np.searchsorted(labels, np.asarray(sorted(wanted), dtype=np.int64), side="right")
+    order = np.lexsort((ids, labels))  # members by cluster, then id; the vectors are gathered per cluster, not sorted whole
+    sorted_labels = labels[order]
+    starts = np.searchsorted(sorted_labels, np.asarray(sorted(wanted), dtype=np.int64), side="left")
+    stops = np.searchsorted(sorted_labels, np.asarray(sorted(wanted), dtype=np.int64), side="right")
     clusters = sorted(wanted)
 
     def top(position: int) -> list[tuple[float, int]]:
-        a, b = starts[position], stops[position]
-        return most_typical(ids[a:b], vectors[a:b], labeled[a:b], wanted[clusters[position]])
+        rows = order[starts[position] : stops[position]]
+        return most_typical(ids[rows], vectors[rows], labeled[rows], wanted[clusters[position]])
 
     with one_blas_thread():
         if threads <= 1 or len(clusters) <= 1:
