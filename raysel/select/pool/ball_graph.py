@@ -18,11 +18,15 @@ Memory: O(edges) plus O(QUERY_BLOCK x neighbours) transient; time O(queries x ba
 """
 from __future__ import annotations
 
+from typing import Callable, TypeVar
+
 import faiss
 import numpy as np
 
 from raysel.select.pool import ivf_lists
 from raysel.select.blas import over_row_chunks, single_threaded
+
+T = TypeVar("T")
 
 QUERY_BLOCK = 4096  # query rows per faiss call: bounds the transient result size
 IVF_QUERY_BLOCK = 2048  # IVF search: rows probing a cell per BLAS product with its members
@@ -67,10 +71,34 @@ def ball_pairs(
     Returns:
         query rows [pairs] int64 (positions in `queries`), neighbour ids [pairs] int64.
     """
+    parts = _ball_search(queries, query_ids, base, base_ids, delta, query_probes, base_probes, lists, threads,
+                         base_lists, base_norms, lambda rows, ids: (rows, ids))
+    return (np.concatenate([np.zeros(0, np.int64)] + [p[0] for p in parts]),
+            np.concatenate([np.zeros(0, np.int64)] + [p[1] for p in parts]))
+
+
+def ball_counts(
+    queries: np.ndarray, query_ids: np.ndarray, base: np.ndarray, base_ids: np.ndarray, delta: float,
+    query_probes: np.ndarray | None = None, base_probes: np.ndarray | None = None, lists: int = 0, threads: int = 1,
+) -> np.ndarray:
+    """[q] int64: how many of `ball_pairs`' pairs each query row has, without holding the pairs (memory O(q))."""
+    counts = np.zeros(len(queries), dtype=np.int64)
+    for rows, found in _ball_search(queries, query_ids, base, base_ids, delta, query_probes, base_probes, lists, threads,
+                                    None, None, lambda rows, ids: np.unique(rows, return_counts=True)):
+        counts[rows] += found  # rows are distinct within a part
+    return counts
+
+
+def _ball_search(
+    queries: np.ndarray, query_ids: np.ndarray, base: np.ndarray, base_ids: np.ndarray, delta: float,
+    query_probes: np.ndarray | None, base_probes: np.ndarray | None, lists: int, threads: int,
+    base_lists: ivf_lists.CellLists | None, base_norms: np.ndarray | None, finish: Callable[[np.ndarray, np.ndarray], T],
+) -> list[T]:
+    """finish(query rows, neighbour ids) of each part of the pairs `ball_pairs` finds (arguments as there)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     base = np.ascontiguousarray(base, dtype=np.float32)
     if not len(queries) or not len(base):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return []
     limit = float(delta) ** 2
     query_norms = squared_norms(queries)
     if base_norms is None:
@@ -79,35 +107,30 @@ def ball_pairs(
     worst_error = float32_error(queries.shape[1]) * (float(query_norms.max()) + float(base_norms.max()))
     radius = limit + max(CANDIDATE_MARGIN * max(limit, 1.0), worst_error)
 
-    def exact(rows: np.ndarray, found: np.ndarray, distances: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The candidates (query rows, base positions, float32 squared distances) that are other points within delta."""
+    def exact(rows: np.ndarray, found: np.ndarray, distances: np.ndarray) -> T:
+        """finish() of the candidates (query rows, base positions, float32 squared distances) that are other points within delta."""
         keep = query_ids[rows] != base_ids[found]
         rows, found, distances = rows[keep], found[keep], distances[keep].astype(np.float64)
         error = float32_error(queries.shape[1]) * (query_norms[rows] + base_norms[found])
         inside = distances + error < limit
         unsure = np.flatnonzero(~inside & (distances - error < limit))
         inside[unsure] = exact_squared(queries, base, rows[unsure], found[unsure]) < limit
-        return rows[inside], base_ids[found[inside]]
+        return finish(rows[inside], base_ids[found[inside]])
 
-    rows_out, ids_out = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
     if query_probes is not None and base_probes is not None:
         query_lists = ivf_lists.CellLists.of(queries, query_probes, lists)
         if base_lists is None:
             base_lists = ivf_lists.CellLists.of(base, base_probes, lists)
-        for rows, ids in ivf_lists.candidate_pairs(queries, query_lists, base, base_lists, lists, radius, IVF_QUERY_BLOCK, exact, threads):
-            rows_out.append(rows)
-            ids_out.append(ids)
-        return np.concatenate(rows_out), np.concatenate(ids_out)
+        return ivf_lists.candidate_pairs(queries, query_lists, base, base_lists, lists, radius, IVF_QUERY_BLOCK, exact, threads)
     index = faiss.IndexFlatL2(base.shape[1])
     index.add(base)
+    parts = []
     for start in range(0, len(queries), QUERY_BLOCK):
         block = queries[start : start + QUERY_BLOCK]
         lims, distances, found = index.range_search(block, radius)
         rows = np.repeat(np.arange(start, start + len(block), dtype=np.int64), np.diff(lims.astype(np.int64)))
-        rows, ids = exact(rows, found.astype(np.int64), distances)
-        rows_out.append(rows)
-        ids_out.append(ids)
-    return np.concatenate(rows_out), np.concatenate(ids_out)
+        parts.append(exact(rows, found.astype(np.int64), distances))
+    return parts
 
 
 def float32_error(dims: int) -> float:

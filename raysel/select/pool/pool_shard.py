@@ -137,14 +137,14 @@ class PoolShard:
         neighbours (the graph is then searched again, row by row, by `neighbours_near`).
         """
         lists = self.cells.lists if self.cells is not None else 0
-        rows, targets = ball_graph.ball_pairs(self.vectors, self.ids, base[1], base[0], delta, self.probes, base[2], lists, self.threads)
         self.counted_only = not keep
         if keep:
+            rows, targets = ball_graph.ball_pairs(self.vectors, self.ids, base[1], base[0], delta, self.probes, base[2], lists, self.threads)
             self._pairs.append((rows, targets))
-        else:
-            counted = np.bincount(rows, minlength=len(self.ids)).astype(np.int64)
-            self.degrees = self.degrees + counted if len(self.degrees) == len(counted) else counted
-        return len(rows)
+            return len(rows)
+        counted = ball_graph.ball_counts(self.vectors, self.ids, base[1], base[0], delta, self.probes, base[2], lists, self.threads)
+        self.degrees = self.degrees + counted if len(self.degrees) == len(counted) else counted
+        return int(counted.sum())
 
     def finish_graph(self) -> tuple[np.ndarray, np.ndarray]:
         """Build the CSR lists from the pairs found; returns (ids, ball sizes without the row itself)."""
