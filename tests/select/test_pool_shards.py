@@ -64,6 +64,14 @@ def test_ivf_balls_searched_on_demand_are_the_stored_ones(shards):
     vectors = unit(blob_pool(1500, seed=2))
     uris = [f"u{i:05d}" for i in range(1500)]
     cells = ivf_lists.train_lists(vectors, 25, 3, seed=0)
+    from raysel.select.pool.ball_graph import ball_counts, ball_pairs
+
+    ids = np.arange(1500, dtype=np.int64)
+    probes = ivf_lists.probe_lists(vectors, cells)
+    for delta in (0.4, float(np.sqrt(((vectors[0].astype(np.float64) - vectors[1]) ** 2).sum()))):  # one pair sits on delta
+        rows, _ = ball_pairs(vectors, ids, vectors, ids, delta, probes, probes, cells.lists)
+        assert np.array_equal(ball_counts(vectors, ids, vectors, ids, delta, probes, probes, cells.lists, threads=2),
+                              np.bincount(rows, minlength=1500))
     graphs = []
     for keep in (True, False):
         group, _ = open_memory_pool(vectors, uris, [], 1, shards)

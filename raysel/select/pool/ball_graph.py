@@ -81,12 +81,62 @@ def ball_counts(
     queries: np.ndarray, query_ids: np.ndarray, base: np.ndarray, base_ids: np.ndarray, delta: float,
     query_probes: np.ndarray | None = None, base_probes: np.ndarray | None = None, lists: int = 0, threads: int = 1,
 ) -> np.ndarray:
-    """[q] int64: how many of `ball_pairs`' pairs each query row has, without holding the pairs (memory O(q))."""
-    counts = np.zeros(len(queries), dtype=np.int64)
-    for rows, found in _ball_search(queries, query_ids, base, base_ids, delta, query_probes, base_probes, lists, threads,
-                                    None, None, lambda rows, ids: np.unique(rows, return_counts=True)):
-        counts[rows] += found  # rows are distinct within a part
-    return counts
+    """[q] int64: how many of `ball_pairs`' pairs each query row has, without holding the pairs (memory O(q)).
+
+    With IVF cells the candidate blocks are counted densely: a pair whose float32 distance is
+    below delta^2 by more than its error bound counts, one within the bound is decided in
+    float64, as `ball_pairs` decides it; a row's own entry is taken off at the end.
+    """
+    if query_probes is None or base_probes is None:
+        counts = np.zeros(len(queries), dtype=np.int64)
+        for rows, found in _ball_search(queries, query_ids, base, base_ids, delta, None, None, 0, threads,
+                                        None, None, lambda rows, ids: np.unique(rows, return_counts=True)):
+            counts[rows] += found  # rows are distinct within a part
+        return counts
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    base = np.ascontiguousarray(base, dtype=np.float32)
+    if not len(queries) or not len(base):
+        return np.zeros(len(queries), dtype=np.int64)
+    limit = float(delta) ** 2
+    unit = float32_error(queries.shape[1])
+    query_norms, base_norms = squared_norms(queries), squared_norms(base)
+    query_lists = ivf_lists.CellLists.of(queries, query_probes, lists)
+    base_lists = ivf_lists.CellLists.of(base, base_probes, lists)
+    first, second = ivf_lists.shared_cells(query_lists, base_lists)
+
+    def bounds(error: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 thresholds just outside limit -/+ error: below the first a pair is surely in, from the second out."""
+        low = np.nextafter((limit - error).astype(np.float32), np.float32(-np.inf))
+        high = np.nextafter((limit + error).astype(np.float32), np.float32(np.inf))
+        return low, high
+
+    def work(task: tuple[str, list[int]]) -> np.ndarray:
+        half, cells = task
+        counts = np.zeros(len(queries), dtype=np.int64)
+        if half == "first":  # rows: queries probing the cell; members: base rows of the cell
+            for _, rows, members, squared in ivf_lists.cell_blocks(queries, query_lists, base, base_lists, cells, IVF_QUERY_BLOCK):
+                low, high = bounds(unit * (query_norms[rows] + base_norms[members].max()))
+                counts[rows] += (squared < low[:, None]).sum(axis=1)
+                unsure_row, unsure_member = np.nonzero((squared >= low[:, None]) & (squared < high[:, None]))
+                inside = exact_squared(queries, base, rows[unsure_row], members[unsure_member]) < limit
+                np.add.at(counts, rows[unsure_row[inside]], 1)
+        else:  # rows: base rows probing the cell; members: queries of the cell, less the pairs counted above
+            probed = None
+            for cell, rows, members, squared in ivf_lists.cell_blocks(base, base_lists, queries, query_lists, cells, IVF_QUERY_BLOCK):
+                if probed is None or probed[0] != cell:
+                    table = np.zeros((len(members), lists), dtype=bool)
+                    table[np.arange(len(members))[:, None], query_lists.probes[members]] = True
+                    probed = (cell, table)
+                counted = probed[1][:, base_lists.probes[rows, 0]].T  # [rows, members]: found in the first half
+                low, high = bounds(unit * (query_norms[members] + base_norms[rows].max()))
+                counts[members] += ((squared < low[None, :]) & ~counted).sum(axis=0)
+                unsure_row, unsure_member = np.nonzero((squared >= low[None, :]) & (squared < high[None, :]) & ~counted)
+                inside = exact_squared(queries, base, members[unsure_member], rows[unsure_row]) < limit
+                np.add.at(counts, members[unsure_member[inside]], 1)
+        return counts
+
+    counts = np.sum(ivf_lists.run_spread(work, first, second, threads), axis=0).astype(np.int64)
+    return counts - np.isin(query_ids, base_ids)  # each row's own entry (distance 0, always a candidate)
 
 
 def _ball_search(
@@ -186,7 +236,8 @@ def nearest_other_cluster(queries: np.ndarray, query_labels: np.ndarray, base: n
     """[q] float64 exact distance from each query to the nearest base point of another cluster (inf: none).
 
     Query blocks against base blocks in float32 BLAS (same-cluster pairs masked out) give
-    every squared distance within `float32_error` of its true value; the pairs within
+    every squared distance within `float32_error` of its true value (less the query's own
+    |q|^2, the same for all of its pairs); the pairs within
     twice that bound of a query's float32 minimum are recomputed in float64
     (`exact_squared`) and the smallest is the answer. That set always holds the true
     nearest point, so the value is the exact minimum, whichever way the base is blocked
@@ -202,29 +253,32 @@ def nearest_other_cluster(queries: np.ndarray, query_labels: np.ndarray, base: n
     query_norms, base_norms = squared_norms(queries), squared_norms(base)
     band = 2.0 * float32_error(queries.shape[1]) * (query_norms + float(base_norms.max()))  # [q] float64
     base_norms32 = base_norms.astype(np.float32)
+    doubled = -2.0 * queries  # exact (a power of two)
 
     def work(first: int, last: int) -> None:
         for start in range(first, last, OTHER_QUERY_BLOCK):
             stop = min(start + OTHER_QUERY_BLOCK, last)
-            block, labels = queries[start:stop], query_labels[start:stop]
-            norms32 = query_norms[start:stop].astype(np.float32)
-            best = np.full(stop - start, np.inf)  # running float32 minimum (as float64)
+            block, labels, margin = doubled[start:stop], query_labels[start:stop], band[start:stop]
+            best = np.full(stop - start, np.inf)  # running float32 minimum of |b|^2 - 2 q.b (the row's |q|^2 left out)
             found: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+            same = np.empty((stop - start, OTHER_BASE_BLOCK), dtype=bool)
             for base_start in range(0, len(base), OTHER_BASE_BLOCK):
                 base_stop = min(base_start + OTHER_BASE_BLOCK, len(base))
-                squared = block @ base[base_start:base_stop].T
-                squared *= -2.0
-                squared += base_norms32[None, base_start:base_stop]
-                squared += norms32[:, None]
-                squared[labels[:, None] == base_labels[None, base_start:base_stop]] = np.inf
-                np.minimum(best, squared.min(axis=1), out=best)
-                threshold = np.where(np.isfinite(best), best + band[start:stop], -np.inf)  # inf: only same-cluster so far
-                rows, columns = np.nonzero(squared <= threshold[:, None])
-                found.append((rows, columns + base_start, squared[rows, columns].astype(np.float64)))
+                scores = block @ base[base_start:base_stop].T
+                scores += base_norms32[None, base_start:base_stop]
+                mask = same[:, : base_stop - base_start]
+                np.equal(labels[:, None], base_labels[None, base_start:base_stop], out=mask)
+                np.putmask(scores, mask, np.inf)
+                block_min = scores.min(axis=1)
+                np.minimum(best, block_min, out=best)
+                threshold = np.where(np.isfinite(best), best + margin, -np.inf)  # inf: only same-cluster so far
+                rows = np.flatnonzero(block_min <= threshold)  # the rows with a candidate in this block
+                near_row, columns = np.nonzero(scores[rows] <= threshold[rows, None])
+                found.append((rows[near_row], columns + base_start, scores[rows[near_row], columns].astype(np.float64)))
             rows = np.concatenate([f[0] for f in found])
             columns = np.concatenate([f[1] for f in found])
             values = np.concatenate([f[2] for f in found])
-            near = values <= best[rows] + band[start:stop][rows]  # the band of the final minimum
+            near = values <= best[rows] + margin[rows]  # the band of the final minimum
             rows, columns = rows[near], columns[near]
             exact = np.full(stop - start, np.inf)
             np.minimum.at(exact, rows, exact_squared(queries, base, rows + start, columns))

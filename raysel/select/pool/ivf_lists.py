@@ -117,12 +117,11 @@ class CellLists:
         return np.diff(self.own[1]) > 0
 
 
-def _cell_pairs(
-    probing: np.ndarray, probing_lists: CellLists, members: np.ndarray, member_lists: CellLists, cells: Sequence[int],
-    radius: float, block: int,
-) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """(probing rows, member rows, float32 squared distances < radius) of the pairs whose member's own cell is one
-    of the probing row's cells, for the given cells: one float32 BLAS product per cell and block of probing rows."""
+def cell_blocks(
+    probing: np.ndarray, probing_lists: CellLists, members: np.ndarray, member_lists: CellLists, cells: Sequence[int], block: int,
+) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
+    """(cell, probing rows, member rows, [rows, members] float32 squared distances) for every block of the rows
+    probing each given cell against the cell's own members: one float32 BLAS product each."""
     probing_rows, probing_bounds = probing_lists.probing
     member_rows, member_bounds = member_lists.own
     for cell in cells:
@@ -137,8 +136,35 @@ def _cell_pairs(
             squared *= -2.0
             squared += probing_lists.norms[rows, None]
             squared += part_norms[None, :]
-            near_row, near_member = np.nonzero(squared < radius)
-            yield rows[near_row], inside[near_member], squared[near_row, near_member]
+            yield cell, rows, inside, squared
+
+
+def _cell_pairs(
+    probing: np.ndarray, probing_lists: CellLists, members: np.ndarray, member_lists: CellLists, cells: Sequence[int],
+    radius: float, block: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(probing rows, member rows, float32 squared distances < radius) of the pairs whose member's own cell is one
+    of the probing row's cells, for the given cells (`cell_blocks`)."""
+    for _, rows, inside, squared in cell_blocks(probing, probing_lists, members, member_lists, cells, block):
+        near_row, near_member = np.nonzero(squared < radius)
+        yield rows[near_row], inside[near_member], squared[near_row, near_member]
+
+
+def shared_cells(query_lists: CellLists, base_lists: CellLists) -> tuple[list[int], list[int]]:
+    """The cells each half of the candidate condition visits: (the base row's cell among the query's probes,
+    the query's cell among the base row's probes)."""
+    return (np.flatnonzero(query_lists.has_probing() & base_lists.has_own()).tolist(),
+            np.flatnonzero(query_lists.has_own() & base_lists.has_probing()).tolist())
+
+
+def run_spread(work: Callable[[tuple[str, list[int]]], T], first: list[int], second: list[int], threads: int) -> list[T]:
+    """work((half, cells)) over both halves' cells cut into runs, on up to `threads` threads (BLAS held to one)."""
+    tasks = [("first", run) for run in _spread(first, threads)] + [("second", run) for run in _spread(second, threads)]
+    with one_blas_thread():
+        if threads <= 1 or len(tasks) <= 1:
+            return [work(task) for task in tasks]
+        with ThreadPoolExecutor(min(int(threads), len(tasks))) as pool:
+            return list(pool.map(work, tasks))
 
 
 def _spread(cells: list[int], threads: int) -> list[list[int]]:
@@ -165,26 +191,18 @@ def candidate_pairs(
         queries: [q, D] float32 contiguous; base: [b, D] float32 contiguous;
         query_lists, base_lists: their `CellLists` (built once per side and reused).
     """
-    # the base row's cell among the query's probes
-    first = np.flatnonzero(query_lists.has_probing() & base_lists.has_own()).tolist()
-    # the query's cell among the base row's probes (and not found above)
-    second = np.flatnonzero(query_lists.has_own() & base_lists.has_probing()).tolist()
+    first, second = shared_cells(query_lists, base_lists)
 
     def work(task: tuple[str, list[int]]) -> list[T]:
         half, cells = task
         found = []
-        if half == "first":
+        if half == "first":  # the base row's cell among the query's probes
             for rows, members, squared in _cell_pairs(queries, query_lists, base, base_lists, cells, radius, block):
                 found.append(keep(rows, members, squared))
-        else:
+        else:  # the query's cell among the base row's probes, and not found above
             for members, rows, squared in _cell_pairs(base, base_lists, queries, query_lists, cells, radius, block):
                 new = ~(query_lists.probes[rows] == base_lists.probes[members, :1]).any(axis=1)
                 found.append(keep(rows[new], members[new], squared[new]))
         return found
 
-    tasks = [("first", run) for run in _spread(first, threads)] + [("second", run) for run in _spread(second, threads)]
-    with one_blas_thread():
-        if threads <= 1 or len(tasks) <= 1:
-            return [item for task in tasks for item in work(task)]
-        with ThreadPoolExecutor(min(int(threads), len(tasks))) as pool:
-            return [item for part in pool.map(work, tasks) for item in part]
+    return [item for part in run_spread(work, first, second, threads) for item in part]
