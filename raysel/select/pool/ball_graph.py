@@ -104,33 +104,37 @@ def ball_counts(
     base_lists = ivf_lists.CellLists.of(base, base_probes, lists)
     first, second = ivf_lists.shared_cells(query_lists, base_lists)
 
-    def bounds(error: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """float32 thresholds just outside limit -/+ error: below the first a pair is surely in, from the second out."""
-        low = np.nextafter((limit - error).astype(np.float32), np.float32(-np.inf))
-        high = np.nextafter((limit + error).astype(np.float32), np.float32(np.inf))
+    def bounds(error: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """float32 thresholds on `cell_blocks` scores (`own`: the norm they leave out) just outside
+        limit -/+ error: below the first a pair is surely in, from the second it is surely out."""
+        low = np.nextafter((limit - error - own).astype(np.float32), np.float32(-np.inf))
+        high = np.nextafter((limit + error - own).astype(np.float32), np.float32(np.inf))
         return low, high
 
     def work(task: tuple[str, list[int]]) -> np.ndarray:
         half, cells = task
         counts = np.zeros(len(queries), dtype=np.int64)
         if half == "first":  # rows: queries probing the cell; members: base rows of the cell
-            for _, rows, members, squared in ivf_lists.cell_blocks(queries, query_lists, base, base_lists, cells, IVF_QUERY_BLOCK):
-                low, high = bounds(unit * (query_norms[rows] + base_norms[members].max()))
-                counts[rows] += (squared < low[:, None]).sum(axis=1)
-                unsure_row, unsure_member = np.nonzero((squared >= low[:, None]) & (squared < high[:, None]))
+            for _, rows, members, scores in ivf_lists.cell_blocks(queries, query_lists, base, base_lists, cells, IVF_QUERY_BLOCK):
+                low, high = bounds(unit * (query_norms[rows] + base_norms[members].max()), query_norms[rows])
+                counts[rows] += np.count_nonzero(scores < low[:, None], axis=1)
+                unsure_row, unsure_member = np.nonzero((scores >= low[:, None]) & (scores < high[:, None]))
                 inside = exact_squared(queries, base, rows[unsure_row], members[unsure_member]) < limit
                 np.add.at(counts, rows[unsure_row[inside]], 1)
         else:  # rows: base rows probing the cell; members: queries of the cell, less the pairs counted above
             probed = None
-            for cell, rows, members, squared in ivf_lists.cell_blocks(base, base_lists, queries, query_lists, cells, IVF_QUERY_BLOCK):
+            for cell, rows, members, scores in ivf_lists.cell_blocks(base, base_lists, queries, query_lists, cells, IVF_QUERY_BLOCK, "probing"):
                 if probed is None or probed[0] != cell:
-                    table = np.zeros((len(members), lists), dtype=bool)
-                    table[np.arange(len(members))[:, None], query_lists.probes[members]] = True
+                    table = np.zeros((lists, len(members)), dtype=bool)
+                    table[query_lists.probes[members], np.arange(len(members))[:, None]] = True
                     probed = (cell, table)
-                counted = probed[1][:, base_lists.probes[rows, 0]].T  # [rows, members]: found in the first half
-                low, high = bounds(unit * (query_norms[members] + base_norms[rows].max()))
-                counts[members] += ((squared < low[None, :]) & ~counted).sum(axis=0)
-                unsure_row, unsure_member = np.nonzero((squared >= low[None, :]) & (squared < high[None, :]) & ~counted)
+                counted = probed[1][base_lists.probes[rows, 0]]  # [rows, members]: found in the first half
+                low, high = bounds(unit * (query_norms[members] + base_norms[rows].max()), query_norms[members])
+                np.logical_or(counted, scores >= low[None, :], out=counted)  # not surely in, or counted above
+                counts[members] += len(rows) - np.count_nonzero(counted, axis=0)
+                unsure_row, unsure_member = np.nonzero((scores >= low[None, :]) & (scores < high[None, :]))
+                first_half = probed[1][base_lists.probes[rows[unsure_row], 0], unsure_member]
+                unsure_row, unsure_member = unsure_row[~first_half], unsure_member[~first_half]
                 inside = exact_squared(queries, base, members[unsure_member], rows[unsure_row]) < limit
                 np.add.at(counts, members[unsure_member[inside]], 1)
         return counts

@@ -119,9 +119,15 @@ class CellLists:
 
 def cell_blocks(
     probing: np.ndarray, probing_lists: CellLists, members: np.ndarray, member_lists: CellLists, cells: Sequence[int], block: int,
+    add: str = "members",
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
-    """(cell, probing rows, member rows, [rows, members] float32 squared distances) for every block of the rows
-    probing each given cell against the cell's own members: one float32 BLAS product each."""
+    """(cell, probing rows, member rows, [rows, members] float32 scores) for every block of the rows probing each
+    given cell against the cell's own members: one float32 BLAS product each.
+
+    scores = |p - m|^2 less one side's squared norm, the same for a whole row or column, which
+    the caller adds to its thresholds instead: `add` "members" adds the members' norms (the
+    probing row's |p|^2 is left out), "probing" adds the probing rows' (|m|^2 left out).
+    """
     probing_rows, probing_bounds = probing_lists.probing
     member_rows, member_bounds = member_lists.own
     for cell in cells:
@@ -129,14 +135,15 @@ def cell_blocks(
         asking = probing_rows[probing_bounds[cell] : probing_bounds[cell + 1]]
         if not len(inside) or not len(asking):
             continue
-        part, part_norms = members[inside], member_lists.norms[inside]
+        part = members[inside] * np.float32(-2.0)  # exact (a power of two)
         for start in range(0, len(asking), block):
             rows = asking[start : start + block]
-            squared = probing[rows] @ part.T
-            squared *= -2.0
-            squared += probing_lists.norms[rows, None]
-            squared += part_norms[None, :]
-            yield cell, rows, inside, squared
+            scores = probing[rows] @ part.T
+            if add == "members":
+                scores += member_lists.norms[inside][None, :]
+            else:
+                scores += probing_lists.norms[rows][:, None]
+            yield cell, rows, inside, scores
 
 
 def _cell_pairs(
@@ -145,9 +152,10 @@ def _cell_pairs(
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(probing rows, member rows, float32 squared distances < radius) of the pairs whose member's own cell is one
     of the probing row's cells, for the given cells (`cell_blocks`)."""
-    for _, rows, inside, squared in cell_blocks(probing, probing_lists, members, member_lists, cells, block):
-        near_row, near_member = np.nonzero(squared < radius)
-        yield rows[near_row], inside[near_member], squared[near_row, near_member]
+    for _, rows, inside, scores in cell_blocks(probing, probing_lists, members, member_lists, cells, block):
+        own = probing_lists.norms[rows]
+        near_row, near_member = np.nonzero(scores < (np.float32(radius) - own)[:, None])
+        yield rows[near_row], inside[near_member], scores[near_row, near_member] + own[near_row]
 
 
 def shared_cells(query_lists: CellLists, base_lists: CellLists) -> tuple[list[int], list[int]]:
