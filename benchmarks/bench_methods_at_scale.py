@@ -14,7 +14,8 @@ methods without actors (random, pt4al, uncertainty stream the store in the drive
 show "-". The picks column (a hash of the picked uris in order) shows whether 1 and 2
 shards picked the same images in the same order. pt4al runs cycle 1 of 10 and uncertainty entropy, both with the linear head on
 the store's `-labels.csv` (made by make_byo_store.py). Wall time: run_selection only
-(Ray start-up excluded: every run joins one Ray the benchmark starts). Writes benchmarks/results/<name>.md.
+(Ray start-up excluded: every run joins one Ray the benchmark starts). CPU s: the run's process
+plus its shard actors' (load-independent where wall time is not; Ray Data tasks not counted). Writes benchmarks/results/<name>.md.
 """
 from __future__ import annotations
 
@@ -38,16 +39,17 @@ METHOD_OPTIONS = {
 RESULTS = Path(__file__).parent / "results"
 
 
-def _peaks(stats, found: list[int]) -> list[int]:
+def _collect(stats, key: str, found: list) -> list:
+    """Every value stored under `key` anywhere in the nested stats (the shard actors' own figures)."""
     if isinstance(stats, dict):
-        for key, value in stats.items():
-            if key == "peak_rss_bytes" and isinstance(value, int):
+        for name, value in stats.items():
+            if name == key and isinstance(value, (int, float)):
                 found.append(value)
             else:
-                _peaks(value, found)
+                _collect(value, key, found)
     elif isinstance(stats, list):
         for value in stats:
-            _peaks(value, found)
+            _collect(value, key, found)
     return found
 
 
@@ -70,7 +72,9 @@ def run_one(args: argparse.Namespace) -> None:
     stats = json.load(open(args.out + ".config.json"))["stats"]
     print(json.dumps({
         "wall_s": wall, "driver_peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-        "actor_peak_rss": max(_peaks(stats, []), default=None), "picks": table.num_rows,
+        "actor_peak_rss": max(_collect(stats, "peak_rss_bytes", []), default=None), "picks": table.num_rows,
+        "actor_cpu_s": sum(_collect(stats, "cpu_seconds", [])) or None,
+        "driver_cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
         "picks_sha": hashlib.sha256("\n".join(table.column("uri").to_pylist()).encode()).hexdigest()[:12],
         "figures": {k: v for k, v in stats.items() if isinstance(v, (int, float, str)) and k != "shards"},
     }))
@@ -111,8 +115,8 @@ def main() -> None:
         f"load average {os.getloadavg()[0]:.1f} at the start. Store: {rows or 'see make_byo_store.py'}.",
         f"Command: `{' '.join(['python', *sys.argv])}`",
         "",
-        "| method | shards | wall s | driver peak RSS GiB | actor peak RSS GiB | picks (sha256 of the uris, in order) | figures |",
-        "|---|---|---|---|---|---|---|",
+        "| method | shards | wall s | CPU s (driver + actors) | driver peak RSS GiB | actor peak RSS GiB | picks (sha256 of the uris, in order) | figures |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for method in methods:
         for shards in args.shards:
@@ -126,19 +130,20 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     os.killpg(child.pid, signal.SIGTERM)  # the run and anything it started
                     child.communicate()
-                    lines.append(f"| {method} | {shards} | > {args.timeout:.0f} (stopped) | | | | |")
+                    lines.append(f"| {method} | {shards} | > {args.timeout:.0f} (stopped) | | | | | |")
                     print(lines[-1], flush=True)
                     continue
                 done = subprocess.CompletedProcess(command, child.returncode, stdout, stderr)
                 if done.returncode != 0:
                     error = (done.stderr.strip().splitlines() or ["?"])[-1][:200]
-                    lines.append(f"| {method} | {shards} | failed after {time.perf_counter() - started:.0f} | | | | {error} |")
+                    lines.append(f"| {method} | {shards} | failed after {time.perf_counter() - started:.0f} | | | | | {error} |")
                 else:
                     result = json.loads(done.stdout.strip().splitlines()[-1])
                     actor = result["actor_peak_rss"]
                     figures = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in result["figures"].items())
                     lines.append(
-                        f"| {method} | {shards} | {result['wall_s']:.1f} | {result['driver_peak_rss'] / 2**30:.2f} | "
+                        f"| {method} | {shards} | {result['wall_s']:.1f} | {result['driver_cpu_s'] + (result['actor_cpu_s'] or 0):.0f} | "
+                        f"{result['driver_peak_rss'] / 2**30:.2f} | "
                         f"{'-' if actor is None else f'{actor / 2**30:.2f}'} | {result['picks_sha']} | {figures} |"
                     )
             print(lines[-1], flush=True)
