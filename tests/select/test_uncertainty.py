@@ -151,7 +151,9 @@ def test_predictions_that_do_not_match_the_store_are_clear_errors(make_store, sy
 
 @pytest.mark.ray
 @pytest.mark.torch
-def test_linear_head_scores_shards_on_ray_tasks(ray_session, make_store, synth, tmp_path):
+def test_linear_head_scores_shards_on_ray_tasks(ray_session, make_store, synth, tmp_path, monkeypatch):
+    from raysel.select.methods import uncertainty
+
     table, groups = grouped_table(synth)
     store = make_store(table, rows_per_shard=20)
     uris = table.column("uri").to_pylist()
@@ -160,7 +162,9 @@ def test_linear_head_scores_shards_on_ray_tasks(ray_session, make_store, synth, 
     for shards in (1, 3):
         out = str(tmp_path / f"sel-{shards}.parquet")
         runs[shards] = run_selection(SelectConfig(store=store, out=out, budget=15, method="uncertainty", labeled=labels, shards=shards))
-    for shards in (3,):  # the driver's stream (1) and the tasks' per-shard tops merged pick the same
+    monkeypatch.setattr(uncertainty, "PREDICT_ROWS", 7)  # the driver's stream scores in blocks: the same picks
+    runs["blocks"] = run_selection(SelectConfig(store=store, out=str(tmp_path / "sel-b.parquet"), budget=15, method="uncertainty", labeled=labels))
+    for shards in (3, "blocks"):  # the driver's stream (1) and the tasks' per-shard tops merged pick the same
         assert runs[shards].column("uri").to_pylist() == runs[1].column("uri").to_pylist()
         np.testing.assert_allclose(runs[shards].column("score").to_pylist(), runs[1].column("score").to_pylist(), rtol=1e-12)
     import json
