@@ -11,7 +11,7 @@ from __future__ import annotations
 import functools
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Sequence, TypeVar
 
 try:
     from threadpoolctl import ThreadpoolController
@@ -20,6 +20,8 @@ except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
 
 _controller = None
 Function = TypeVar("Function", bound=Callable[..., Any])
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 def one_blas_thread():
@@ -43,23 +45,28 @@ def single_threaded(function: Function) -> Function:
     return wrapper  # type: ignore[return-value]
 
 
+def map_threads(function: Callable[[Item], Result], items: Sequence[Item], threads: int) -> list[Result]:
+    """[function(item) for item in items] on up to `threads` threads, BLAS held to one thread, results in order.
+
+    numpy releases the GIL in its products and array loops, so the threads use the cores;
+    each item's numbers are what one thread alone would compute.
+    """
+    with one_blas_thread():
+        if int(threads) <= 1 or len(items) <= 1:
+            return [function(item) for item in items]
+        with ThreadPoolExecutor(min(int(threads), len(items))) as pool:
+            return list(pool.map(function, items))
+
+
 def over_row_chunks(rows: int, block: int, threads: int, work: Callable[[int, int], Any]) -> None:
     """Run work(start, stop) over contiguous chunks of whole `block`-row blocks, one chunk per thread.
 
     BLAS is held to one thread inside: small fixed-shape products run fastest that way,
     and since every block has the same shape wherever it runs, threads cannot change any
-    result bit. numpy releases the GIL in its products and array loops, so the threads
-    use the cores.
+    result bit.
     """
     blocks = -(-rows // block)
     workers = max(1, min(int(threads), blocks))
     bounds = [min(rows, block * (blocks * part // workers)) for part in range(workers + 1)]
     chunks = [(start, stop) for start, stop in zip(bounds[:-1], bounds[1:]) if stop > start]
-    with one_blas_thread():
-        if len(chunks) <= 1:
-            for start, stop in chunks:
-                work(start, stop)
-            return
-        with ThreadPoolExecutor(len(chunks)) as pool:
-            for future in [pool.submit(work, start, stop) for start, stop in chunks]:
-                future.result()
+    map_threads(lambda chunk: work(*chunk), chunks, workers)

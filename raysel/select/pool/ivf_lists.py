@@ -21,13 +21,12 @@ search about O(N x N x D x probes / lists) x 2 instead of O(N x N x D).
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
-from raysel.select.blas import one_blas_thread
+from raysel.select.blas import map_threads
 from raysel.select.pool import kmeans
 
 T = TypeVar("T")
@@ -168,11 +167,7 @@ def shared_cells(query_lists: CellLists, base_lists: CellLists) -> tuple[list[in
 def run_spread(work: Callable[[tuple[str, list[int]]], T], first: list[int], second: list[int], threads: int) -> list[T]:
     """work((half, cells)) over both halves' cells cut into runs, on up to `threads` threads (BLAS held to one)."""
     tasks = [("first", run) for run in _spread(first, threads)] + [("second", run) for run in _spread(second, threads)]
-    with one_blas_thread():
-        if threads <= 1 or len(tasks) <= 1:
-            return [work(task) for task in tasks]
-        with ThreadPoolExecutor(min(int(threads), len(tasks))) as pool:
-            return list(pool.map(work, tasks))
+    return map_threads(work, tasks, threads)
 
 
 def _spread(cells: list[int], threads: int) -> list[list[int]]:

@@ -6,11 +6,9 @@ always come in id (= uri) order.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-
 import numpy as np
 
-from raysel.select.blas import one_blas_thread
+from raysel.select.blas import map_threads
 
 TYPICALITY_NEIGHBOURS = 20  # the paper's k
 ROW_BLOCK = 1024
@@ -73,10 +71,4 @@ def top_of_clusters(
         rows = order[starts[position] : stops[position]]
         return most_typical(ids[rows], vectors[rows], labeled[rows], wanted[clusters[position]])
 
-    with one_blas_thread():
-        if threads <= 1 or len(clusters) <= 1:
-            found = [top(position) for position in range(len(clusters))]
-        else:
-            with ThreadPoolExecutor(min(int(threads), len(clusters))) as pool:
-                found = list(pool.map(top, range(len(clusters))))
-    return dict(zip(clusters, found))
+    return dict(zip(clusters, map_threads(top, range(len(clusters)), threads)))
