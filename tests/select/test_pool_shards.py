@@ -70,8 +70,10 @@ def test_ivf_balls_searched_on_demand_are_the_stored_ones(shards):
     probes = ivf_lists.probe_lists(vectors, cells)
     for delta in (0.4, float(np.sqrt(((vectors[0].astype(np.float64) - vectors[1]) ** 2).sum()))):  # one pair sits on delta
         rows, _ = ball_pairs(vectors, ids, vectors, ids, delta, probes, probes, cells.lists)
-        assert np.array_equal(ball_counts(vectors, ids, vectors, ids, delta, probes, probes, cells.lists, threads=2),
-                              np.bincount(rows, minlength=1500))
+        counted = ball_counts(vectors, ids, vectors, ids, delta, probes, probes, cells.lists, threads=2)
+        assert np.array_equal(counted.counts, np.bincount(rows, minlength=1500))
+        # the searches below skip cells: some rows have no neighbour in some probed cell, some have far ones
+        assert 0 < counted.found_from_far.sum() < 1500 and 0 < counted.near_cells.sum() < probes.size
     graphs = []
     for keep in (True, False):
         group, _ = open_memory_pool(vectors, uris, [], 1, shards)
@@ -86,8 +88,12 @@ def test_ivf_balls_searched_on_demand_are_the_stored_ones(shards):
     for rows in (np.array([5]), np.arange(0, 1500, 11), np.arange(1500)):
         lists = np.sort(np.concatenate(stored.call("neighbours_of", rows)))
         parts = [part for part in searched.call("rows_with_probes", rows) if len(part[0])]
-        queries = tuple(np.concatenate([part[i] for part in parts]) for i in range(3))
+        queries = tuple(np.concatenate([part[i] for part in parts]) for i in range(len(parts[0])))
         assert np.array_equal(np.sort(np.concatenate(searched.call("neighbours_near", 0.4, queries))), lists)
+        held = np.zeros(1500, dtype=np.int64)  # counted on the shards: how many of the rows' balls hold each image
+        for ids, count in searched.call("balls_holding", 0.4, queries):
+            held[ids] += count
+        assert np.array_equal(held, np.bincount(lists, minlength=1500))
 
 
 @pytest.mark.pure

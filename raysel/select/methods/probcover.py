@@ -38,7 +38,7 @@ rows; no process ever forms an N x N product or holds more than two shards. The 
 the driver holds one counter per image (uncovered images in its ball) and a covered
 flag; each pick asks the shards for the ball of the winner and for the neighbours of
 the newly covered images (2 round trips a pick; 4 with IVF, which gathers their vectors
-first). Cost: O(N^2 x D / S) per shard for the exact graph, O(edges) memory over the shards
+first and counts the newly covered images' balls on the shards). Cost: O(N^2 x D / S) per shard for the exact graph, O(edges) memory over the shards
 (O(N) with IVF), O(N) on the driver, O(budget x N) greedy. The purity rule's nearest
 other-cluster distances: O(sample x N x D / S) in BLAS on the shards.
 Same picks for any S, and the same as `probcover_reference`.
@@ -49,11 +49,12 @@ trained on a seeded sample, `--ivf-probes` per image), then checks them exactly:
 subset of the exact graph, deterministic and the same for any S, about 2 x probes / cells of the
 flat search's comparisons. Its edge recall and the coverage its picks reach on the exact graph:
 benchmarks/bench_probcover_ivf.py. The IVF graph is never stored: the first search only counts
-each image's ball, and the greedy searches again the balls of the images each pick covers
-(`PoolShard.neighbours_near`, the same kernel, so the same pairs). Each image is covered once,
-so the greedy's searches add at most one more pass over the pool, and memory stays O(N) however
-large the balls: at 1.28M images of ~1,000 tight classes a purity-rule delta can hold every
-class in each ball, over 1e9 edges (16 GB as stored pairs).
+each image's ball (`ball_graph.ball_counts`, which also records which probed cells hold neighbours),
+and the greedy counts on the shards how many of each pick's newly covered images every ball holds
+(`PoolShard.balls_holding`: the same kernel over only the recorded cells, so the same pairs). Each
+image is covered once, so the greedy adds at most one more pass over the pool, and memory stays
+O(N x probes) however large the balls: at 1.28M images of ~1,000 tight classes a purity-rule delta
+can hold every class in each ball, over 1e9 edges (16 GB as stored pairs).
 """
 from __future__ import annotations
 
@@ -177,22 +178,30 @@ def probcover_on_pool(
         uncovered_in_ball[ids] += degree
     covered = np.zeros(count, dtype=bool)
 
+    def searched(rows: np.ndarray) -> object:
+        """The shards' (ids, vectors, probes, ...) of `rows` (sorted), put once for every shard to search."""
+        found = [part for part in group.call("rows_with_probes", rows) if len(part[0])]
+        return group.put(tuple(np.concatenate([part[i] for part in found]) for i in range(len(found[0]))))
+
     def neighbours(rows: np.ndarray) -> np.ndarray:
+        """The neighbour ids of `rows` (sorted), concatenated."""
         rows = np.asarray(rows, dtype=np.int64)
         if stored:
             return np.concatenate(group.call("neighbours_of", rows) + [np.zeros(0, np.int64)])
-        found = [part for part in group.call("rows_with_probes", rows) if len(part[0])]
-        if not found:
+        if not len(rows):
             return np.zeros(0, np.int64)
-        queries = group.put(tuple(np.concatenate([part[i] for part in found]) for i in range(3)))
-        return np.concatenate(group.call("neighbours_near", float(delta), queries) + [np.zeros(0, np.int64)])
+        return np.concatenate(group.call("neighbours_near", float(delta), searched(rows)) + [np.zeros(0, np.int64)])
 
     def cover(rows: np.ndarray) -> None:
         rows = np.unique(rows)
         rows = rows[~covered[rows]]
         covered[rows] = True
         np.subtract.at(uncovered_in_ball, rows, 1)
-        np.subtract.at(uncovered_in_ball, neighbours(rows), 1)  # y leaves the ball of each neighbour
+        if stored:
+            np.subtract.at(uncovered_in_ball, neighbours(rows), 1)  # y leaves the ball of each neighbour
+        elif len(rows):  # the same, counted on the shards: how many of the newly covered each ball held
+            for ids, held in group.call("balls_holding", float(delta), searched(rows)):
+                uncovered_in_ball[ids] -= held  # ids are distinct
 
     labeled_rows = np.flatnonzero(index.labeled)
     if len(labeled_rows):

@@ -18,6 +18,7 @@ Memory: O(edges) plus O(QUERY_BLOCK x neighbours) transient; time O(queries x ba
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 import faiss
@@ -56,6 +57,7 @@ def ball_pairs(
     queries: np.ndarray, query_ids: np.ndarray, base: np.ndarray, base_ids: np.ndarray, delta: float,
     query_probes: np.ndarray | None = None, base_probes: np.ndarray | None = None, lists: int = 0, threads: int = 1,
     base_lists: ivf_lists.CellLists | None = None, base_norms: np.ndarray | None = None,
+    query_used: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Pairs (query row, base id) with |query - base| < delta, a point never its own neighbour.
 
@@ -67,42 +69,73 @@ def ball_pairs(
         threads: threads the IVF search spreads its cells over (the flat search: faiss' own).
         base_lists: the base's `ivf_lists.CellLists`, when the caller keeps them (built here otherwise).
         base_norms: [b] float64 squared norms of `base`, when the caller keeps them.
+        query_used: (near_cells, found_from_far) of the queries' `BallCounts` against this base (or
+            against every shard, a superset): search only the probed cells that hold a neighbour, and
+            the second half only for the rows that have one there. The pairs are the same.
 
     Returns:
         query rows [pairs] int64 (positions in `queries`), neighbour ids [pairs] int64.
     """
     parts = _ball_search(queries, query_ids, base, base_ids, delta, query_probes, base_probes, lists, threads,
-                         base_lists, base_norms, lambda rows, ids: (rows, ids))
+                         base_lists, base_norms, lambda rows, ids: (rows, ids), query_used)
     return (np.concatenate([np.zeros(0, np.int64)] + [p[0] for p in parts]),
             np.concatenate([np.zeros(0, np.int64)] + [p[1] for p in parts]))
 
 
+@dataclass(frozen=True)
+class BallCounts:
+    """What an IVF counting pass (`ball_counts`) learns of each query row's ball, in O(q x probes) memory.
+
+    counts: [q] int64 neighbours (the row itself left out).
+    near_cells: [q, probes] bool: some neighbour's own cell is that probe of the row (the first half finds it).
+    found_from_far: [q] bool: some neighbour was found only through that neighbour's probes (the second half):
+        its own cell is not among the row's probes.
+    Together they say which parts of the search a later search of the same ball can skip
+    (`ball_pairs(..., query_used=...)`): it finds the same pairs.
+    """
+
+    counts: np.ndarray
+    near_cells: np.ndarray
+    found_from_far: np.ndarray
+
+    def __add__(self, other: "BallCounts") -> "BallCounts":
+        """The counts of one query set against two disjoint bases."""
+        return BallCounts(self.counts + other.counts, self.near_cells | other.near_cells, self.found_from_far | other.found_from_far)
+
+
 def ball_counts(
     queries: np.ndarray, query_ids: np.ndarray, base: np.ndarray, base_ids: np.ndarray, delta: float,
-    query_probes: np.ndarray | None = None, base_probes: np.ndarray | None = None, lists: int = 0, threads: int = 1,
-) -> np.ndarray:
-    """[q] int64: how many of `ball_pairs`' pairs each query row has, without holding the pairs (memory O(q)).
+    query_probes: np.ndarray, base_probes: np.ndarray, lists: int, threads: int = 1,
+    query_lists: ivf_lists.CellLists | None = None, query_norms: np.ndarray | None = None,
+) -> BallCounts:
+    """How many of `ball_pairs`' IVF pairs each query row has, and where they lie, without holding the pairs.
 
-    With IVF cells the candidate blocks are counted densely: a pair whose float32 distance is
-    below delta^2 by more than its error bound counts, one within the bound is decided in
-    float64, as `ball_pairs` decides it; a row's own entry is taken off at the end.
+    The candidate blocks are counted densely: a pair whose float32 score is below delta^2 by
+    more than its error bound counts, one within the bound is decided in float64, as
+    `ball_pairs` decides it; only the pairs found there are listed, to see where they lie.
+    When the queries are the base (equal ids: one shard against itself) each first-half
+    block also gives the second half's pairs, transposed, so the second half is not searched.
+    A row's own entry is taken off at the end.
+
+    Args: as `ball_pairs` (IVF cells required); query_lists / query_norms: the queries'
+        `CellLists` and float64 squared norms, when the caller keeps them.
     """
-    if query_probes is None or base_probes is None:
-        counts = np.zeros(len(queries), dtype=np.int64)
-        for rows, found in _ball_search(queries, query_ids, base, base_ids, delta, None, None, 0, threads,
-                                        None, None, lambda rows, ids: np.unique(rows, return_counts=True)):
-            counts[rows] += found  # rows are distinct within a part
-        return counts
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     base = np.ascontiguousarray(base, dtype=np.float32)
+    probes = query_probes.shape[1]
     if not len(queries) or not len(base):
-        return np.zeros(len(queries), dtype=np.int64)
+        return BallCounts(np.zeros(len(queries), np.int64), np.zeros((len(queries), probes), bool), np.zeros(len(queries), bool))
+    same = len(query_ids) == len(base_ids) and bool(np.array_equal(query_ids, base_ids))
     limit = float(delta) ** 2
     unit = float32_error(queries.shape[1])
-    query_norms, base_norms = squared_norms(queries), squared_norms(base)
-    query_lists = ivf_lists.CellLists.of(queries, query_probes, lists)
-    base_lists = ivf_lists.CellLists.of(base, base_probes, lists)
+    query_norms = squared_norms(queries) if query_norms is None else query_norms
+    query_lists = ivf_lists.CellLists.of(queries, query_probes, lists) if query_lists is None else query_lists
+    base_norms = query_norms if same else squared_norms(base)
+    base_lists = query_lists if same else ivf_lists.CellLists.of(base, base_probes, lists)
+    query_own, base_own = query_lists.probes[:, 0], base_lists.probes[:, 0]
     first, second = ivf_lists.shared_cells(query_lists, base_lists)
+    if same:
+        second = []
 
     def bounds(error: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """float32 thresholds on `cell_blocks` scores (`own`: the norm they leave out) just outside
@@ -111,42 +144,138 @@ def ball_counts(
         high = np.nextafter((limit + error - own).astype(np.float32), np.float32(np.inf))
         return low, high
 
-    def work(task: tuple[str, list[int]]) -> np.ndarray:
+    def found_pairs(
+        scores: np.ndarray, lines: np.ndarray, low: np.ndarray, high: np.ndarray, per_line: bool, check: Callable,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(line, column) of the pairs inside delta among `lines` of `scores` (`bounds` per line, or per
+        column when not per_line); check(lines, columns) gives the unsure pairs' float64 squared distances."""
+        part = scores[lines]
+        line, column = np.nonzero(part < (high[lines, None] if per_line else high[None, :]))
+        values = part[line, column]
+        inside = values < (low[lines[line]] if per_line else low[column])
+        unsure = np.flatnonzero(~inside)
+        inside[unsure] = check(lines[line[unsure]], column[unsure]) < limit
+        return lines[line[inside]], column[inside]
+
+    def work(task: tuple[str, list[int]]) -> BallCounts:
         half, cells = task
         counts = np.zeros(len(queries), dtype=np.int64)
+        near = np.zeros((len(queries), probes), dtype=bool)
+        far = np.zeros(len(queries), dtype=bool)
+        if half == "first":  # rows: queries probing the cell; members: base rows of the cell
+            for cell, rows, members, scores in ivf_lists.cell_blocks(queries, query_lists, base, base_lists, cells, IVF_QUERY_BLOCK):
+                low, high = bounds(unit * (query_norms[rows] + base_norms[members].max()), query_norms[rows])
+                sure = np.count_nonzero(scores < low[:, None], axis=1)
+                maybe = np.count_nonzero(scores < high[:, None], axis=1)
+                found = sure
+                unsure_rows = np.flatnonzero(maybe > sure)
+                if len(unsure_rows):  # the rows with a pair inside the error band: decide those in float64
+                    part = scores[unsure_rows]
+                    line, column = np.nonzero((part >= low[unsure_rows, None]) & (part < high[unsure_rows, None]))
+                    inside = exact_squared(queries, base, rows[unsure_rows[line]], members[column]) < limit
+                    found = sure + np.bincount(unsure_rows[line[inside]], minlength=len(rows))
+                counts[rows] += found
+                own_here = query_own[rows] == cell
+                others = found - (own_here if same else 0)  # a row's own entry is no neighbour
+                hit = np.flatnonzero(others > 0)
+                near[rows[hit], np.argmax(query_lists.probes[rows[hit]] == cell, axis=1)] = True
+                if same:  # the transposed pairs (member, row) the second half would find: row's cell not in member's probes
+                    strangers = np.flatnonzero(~own_here & (maybe > 0))
+                    if len(strangers):
+                        line, column = found_pairs(scores, strangers, low, high, True,
+                                                   lambda r, m: exact_squared(queries, base, rows[r], members[m]))
+                        far_pair = ~(query_lists.probes[members[column]] == query_own[rows[line]][:, None]).any(axis=1)
+                        got = members[column[far_pair]]
+                        np.add.at(counts, got, 1)
+                        far[got] = True
+        else:  # rows: base rows probing the cell from elsewhere; members: queries of the cell, less the pairs counted above
+            for cell, rows, members, scores in ivf_lists.cell_blocks(base, base_lists, queries, query_lists, cells, IVF_QUERY_BLOCK,
+                                                                     "probing", strangers_only=True):
+                low, high = bounds(unit * (query_norms[members] + base_norms[rows].max()), query_norms[members])
+                lines = np.flatnonzero(np.count_nonzero(scores < high[None, :], axis=1))
+                if not len(lines):
+                    continue
+                line, column = found_pairs(scores, lines, low, high, False, lambda r, m: exact_squared(queries, base, members[m], rows[r]))
+                far_pair = ~(query_lists.probes[members[column]] == base_own[rows[line]][:, None]).any(axis=1)
+                got = members[column[far_pair]]
+                np.add.at(counts, got, 1)
+                far[got] = True
+        return BallCounts(counts, near, far)
+
+    parts = ivf_lists.run_spread(work, first, second, threads)
+    total = parts[0] if parts else BallCounts(np.zeros(len(queries), np.int64), np.zeros((len(queries), probes), bool), np.zeros(len(queries), bool))
+    for part in parts[1:]:
+        total = total + part
+    own = np.isin(query_ids, base_ids)  # each row's own entry (distance 0, always a candidate)
+    return BallCounts(total.counts - own, total.near_cells, total.found_from_far)
+
+
+def balls_holding(
+    queries: np.ndarray, query_ids: np.ndarray, base: np.ndarray, base_ids: np.ndarray, delta: float,
+    query_probes: np.ndarray, query_used: tuple[np.ndarray, np.ndarray], lists: int, threads: int,
+    base_lists: ivf_lists.CellLists, base_norms: np.ndarray,
+) -> np.ndarray:
+    """[b] int64: in how many of the queries' balls each base row lies (its own not counted): the pairs
+    `ball_pairs(..., query_used=query_used)` finds, counted per base row without listing them.
+
+    The first half (queries probing a cell against its members) is counted densely per member,
+    with float64 only inside the error band, as `ball_counts` counts; the second half (base
+    rows probing a far query's cell) lists its few pairs. Arguments as `ball_pairs`.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    counts = np.zeros(len(base), dtype=np.int64)
+    if not len(queries) or not len(base):
+        return counts
+    limit = float(delta) ** 2
+    unit = float32_error(queries.shape[1])
+    query_norms = squared_norms(queries)
+    query_lists = ivf_lists.CellLists.of(queries, query_probes, lists, *query_used)
+    base_own = base_lists.probes[:, 0]
+    first, second = ivf_lists.shared_cells(query_lists, base_lists)
+
+    def work(task: tuple[str, list[int]]) -> np.ndarray:
+        half, cells = task
+        found = np.zeros(len(base), dtype=np.int64)
         if half == "first":  # rows: queries probing the cell; members: base rows of the cell
             for _, rows, members, scores in ivf_lists.cell_blocks(queries, query_lists, base, base_lists, cells, IVF_QUERY_BLOCK):
-                low, high = bounds(unit * (query_norms[rows] + base_norms[members].max()), query_norms[rows])
-                counts[rows] += np.count_nonzero(scores < low[:, None], axis=1)
-                unsure_row, unsure_member = np.nonzero((scores >= low[:, None]) & (scores < high[:, None]))
-                inside = exact_squared(queries, base, rows[unsure_row], members[unsure_member]) < limit
-                np.add.at(counts, rows[unsure_row[inside]], 1)
-        else:  # rows: base rows probing the cell; members: queries of the cell, less the pairs counted above
-            probed = None
-            for cell, rows, members, scores in ivf_lists.cell_blocks(base, base_lists, queries, query_lists, cells, IVF_QUERY_BLOCK, "probing"):
-                if probed is None or probed[0] != cell:
-                    table = np.zeros((lists, len(members)), dtype=bool)
-                    table[query_lists.probes[members], np.arange(len(members))[:, None]] = True
-                    probed = (cell, table)
-                counted = probed[1][base_lists.probes[rows, 0]]  # [rows, members]: found in the first half
-                low, high = bounds(unit * (query_norms[members] + base_norms[rows].max()), query_norms[members])
-                np.logical_or(counted, scores >= low[None, :], out=counted)  # not surely in, or counted above
-                counts[members] += len(rows) - np.count_nonzero(counted, axis=0)
-                unsure_row, unsure_member = np.nonzero((scores >= low[None, :]) & (scores < high[None, :]))
-                first_half = probed[1][base_lists.probes[rows[unsure_row], 0], unsure_member]
-                unsure_row, unsure_member = unsure_row[~first_half], unsure_member[~first_half]
-                inside = exact_squared(queries, base, members[unsure_member], rows[unsure_row]) < limit
-                np.add.at(counts, members[unsure_member[inside]], 1)
-        return counts
+                error = unit * (query_norms[rows] + base_norms[members].max())
+                low = np.nextafter((limit - error - query_norms[rows]).astype(np.float32), np.float32(-np.inf))
+                high = np.nextafter((limit + error - query_norms[rows]).astype(np.float32), np.float32(np.inf))
+                sure = scores < low[:, None]
+                found[members] += np.count_nonzero(sure, axis=0)
+                band = np.flatnonzero(np.count_nonzero(scores < high[:, None], axis=1) > np.count_nonzero(sure, axis=1))
+                if len(band):
+                    part = scores[band]
+                    line, column = np.nonzero((part >= low[band, None]) & (part < high[band, None]))
+                    inside = exact_squared(queries, base, rows[band[line]], members[column]) < limit
+                    np.add.at(found, members[column[inside]], 1)
+        else:  # rows: base rows probing the cell from elsewhere; members: far queries of the cell
+            for rows, members, squared in ivf_lists.close_pairs(base, base_lists, queries, query_lists, cells, radius, IVF_QUERY_BLOCK, True):
+                far_pair = ~(query_lists.probes[members] == base_own[rows][:, None]).any(axis=1)
+                rows, members, squared = rows[far_pair], members[far_pair], squared[far_pair].astype(np.float64)
+                error = unit * (query_norms[members] + base_norms[rows])
+                inside = squared + error < limit
+                unsure = np.flatnonzero(~inside & (squared - error < limit))
+                inside[unsure] = exact_squared(queries, base, members[unsure], rows[unsure]) < limit
+                np.add.at(found, rows[inside], 1)
+        return found
 
-    counts = np.sum(ivf_lists.run_spread(work, first, second, threads), axis=0).astype(np.int64)
-    return counts - np.isin(query_ids, base_ids)  # each row's own entry (distance 0, always a candidate)
+    worst_error = unit * (float(query_norms.max()) + float(base_norms.max()))
+    radius = limit + max(CANDIDATE_MARGIN * max(limit, 1.0), worst_error)
+    for part in ivf_lists.run_spread(work, first, second, threads):
+        counts += part
+    # each base row that is a query counted itself where its own cell was searched (distance 0, always inside)
+    position = np.searchsorted(base_ids, query_ids).clip(0, max(len(base_ids) - 1, 0))
+    itself = (base_ids[position] == query_ids) & query_used[0][:, 0]
+    np.subtract.at(counts, position[itself], 1)
+    return counts
 
 
 def _ball_search(
     queries: np.ndarray, query_ids: np.ndarray, base: np.ndarray, base_ids: np.ndarray, delta: float,
     query_probes: np.ndarray | None, base_probes: np.ndarray | None, lists: int, threads: int,
     base_lists: ivf_lists.CellLists | None, base_norms: np.ndarray | None, finish: Callable[[np.ndarray, np.ndarray], T],
+    query_used: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> list[T]:
     """finish(query rows, neighbour ids) of each part of the pairs `ball_pairs` finds (arguments as there)."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -172,7 +301,7 @@ def _ball_search(
         return finish(rows[inside], base_ids[found[inside]])
 
     if query_probes is not None and base_probes is not None:
-        query_lists = ivf_lists.CellLists.of(queries, query_probes, lists)
+        query_lists = ivf_lists.CellLists.of(queries, query_probes, lists, *(query_used or ()))
         if base_lists is None:
             base_lists = ivf_lists.CellLists.of(base, base_probes, lists)
         return ivf_lists.candidate_pairs(queries, query_lists, base, base_lists, lists, radius, IVF_QUERY_BLOCK, exact, threads)

@@ -73,19 +73,39 @@ def probe_lists(points: np.ndarray, cells: IvfCells, threads: int = 1) -> np.nda
     out = np.empty((len(points), cells.probes), dtype=np.int64)
 
     def consume(start: int, stop: int, scores: np.ndarray) -> None:
-        out[start:stop] = np.argsort(scores, axis=1, kind="stable")[:, : cells.probes]
+        out[start:stop] = smallest_first(scores, cells.probes)
 
     kmeans.center_scores(points, cells.mean, cells.centers, threads, consume)
     return out
 
 
-def _by_cell(cells: np.ndarray, lists: int) -> tuple[np.ndarray, np.ndarray]:
+def smallest_first(scores: np.ndarray, count: int) -> np.ndarray:
+    """[rows, count] int64: the columns of each row's `count` smallest scores, smallest first, ties to the
+    lowest column: what a stable argsort's first `count` columns are, at the cost of a partition."""
+    if count >= scores.shape[1]:
+        return np.argsort(scores, axis=1, kind="stable")[:, :count]
+    kth = np.partition(scores, count - 1, axis=1)[:, count - 1]
+    chosen = scores <= kth[:, None]
+    untied = np.count_nonzero(chosen, axis=1) == count  # no other column ties the count-th smallest
+    out = np.empty((len(scores), count), dtype=np.int64)
+    rows = np.flatnonzero(untied)
+    columns = np.nonzero(chosen[rows])[1].reshape(len(rows), count)  # ascending within each row
+    order = np.argsort(np.take_along_axis(scores[rows], columns, axis=1), axis=1, kind="stable")
+    out[rows] = np.take_along_axis(columns, order, axis=1)
+    tied = np.flatnonzero(~untied)
+    out[tied] = np.argsort(scores[tied], axis=1, kind="stable")[:, :count]
+    return out
+
+
+def _by_cell(cells: np.ndarray, lists: int, used: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(row of each entry grouped by cell, [lists + 1] bounds): the rows with cell c are rows[bounds[c]:bounds[c + 1]].
 
-    `cells` [n] or [n, probes]: a row appears under each of its cells."""
+    `cells` [n] or [n, probes]: a row appears under each of its cells; `used` (the same shape,
+    bool): only under the cells marked True."""
     flat = cells.reshape(len(cells), -1)
-    order = np.argsort(flat.ravel(), kind="stable")
-    bounds = np.searchsorted(flat.ravel()[order], np.arange(lists + 1))
+    values = flat.ravel() if used is None else np.where(used.reshape(flat.shape), flat, lists).ravel()
+    order = np.argsort(values, kind="stable")
+    bounds = np.searchsorted(values[order], np.arange(lists + 1))
     return order // flat.shape[1], bounds
 
 
@@ -95,6 +115,9 @@ class CellLists:
 
     probes: [n, probes] int64 (`probe_lists`); norms: [n] float32 squared norms;
     probing / own: (rows, bounds) of `_by_cell` over every probed cell / the own cell.
+    A search may leave out some of a row's probed cells (`probing_used` [n, probes] bool) or
+    its own cell (`own_used` [n] bool), where it knows no neighbour lies: the rows are then
+    grouped under the cells used only (`probes` stays whole: it defines the candidates).
     """
 
     probes: np.ndarray
@@ -103,9 +126,10 @@ class CellLists:
     own: tuple[np.ndarray, np.ndarray]
 
     @classmethod
-    def of(cls, vectors: np.ndarray, probes: np.ndarray, lists: int) -> "CellLists":
+    def of(cls, vectors: np.ndarray, probes: np.ndarray, lists: int,
+           probing_used: np.ndarray | None = None, own_used: np.ndarray | None = None) -> "CellLists":
         norms = np.einsum("ij,ij->i", vectors, vectors, dtype=np.float64).astype(np.float32)
-        return cls(probes, norms, _by_cell(probes, lists), _by_cell(probes[:, 0], lists))
+        return cls(probes, norms, _by_cell(probes, lists, probing_used), _by_cell(probes[:, 0], lists, own_used))
 
     def has_probing(self) -> np.ndarray:
         """[lists] bool: some row probes the cell."""
@@ -118,10 +142,13 @@ class CellLists:
 
 def cell_blocks(
     probing: np.ndarray, probing_lists: CellLists, members: np.ndarray, member_lists: CellLists, cells: Sequence[int], block: int,
-    add: str = "members",
+    add: str = "members", strangers_only: bool = False,
 ) -> Iterator[tuple[int, np.ndarray, np.ndarray, np.ndarray]]:
     """(cell, probing rows, member rows, [rows, members] float32 scores) for every block of the rows probing each
     given cell against the cell's own members: one float32 BLAS product each.
+
+    strangers_only: leave out the probing rows whose own cell is the cell (a second half, which
+    never keeps them: the members probe their own cell, so the first half has those pairs).
 
     scores = |p - m|^2 less one side's squared norm, the same for a whole row or column, which
     the caller adds to its thresholds instead: `add` "members" adds the members' norms (the
@@ -132,6 +159,8 @@ def cell_blocks(
     for cell in cells:
         inside = member_rows[member_bounds[cell] : member_bounds[cell + 1]]
         asking = probing_rows[probing_bounds[cell] : probing_bounds[cell + 1]]
+        if strangers_only:
+            asking = asking[probing_lists.probes[asking, 0] != cell]
         if not len(inside) or not len(asking):
             continue
         part = members[inside] * np.float32(-2.0)  # exact (a power of two)
@@ -145,13 +174,14 @@ def cell_blocks(
             yield cell, rows, inside, scores
 
 
-def _cell_pairs(
+def close_pairs(
     probing: np.ndarray, probing_lists: CellLists, members: np.ndarray, member_lists: CellLists, cells: Sequence[int],
-    radius: float, block: int,
+    radius: float, block: int, strangers_only: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(probing rows, member rows, float32 squared distances < radius) of the pairs whose member's own cell is one
     of the probing row's cells, for the given cells (`cell_blocks`)."""
-    for _, rows, inside, scores in cell_blocks(probing, probing_lists, members, member_lists, cells, block):
+    for _, rows, inside, scores in cell_blocks(probing, probing_lists, members, member_lists, cells, block,
+                                               strangers_only=strangers_only):
         own = probing_lists.norms[rows]
         near_row, near_member = np.nonzero(scores < (np.float32(radius) - own)[:, None])
         yield rows[near_row], inside[near_member], scores[near_row, near_member] + own[near_row]
@@ -200,10 +230,10 @@ def candidate_pairs(
         half, cells = task
         found = []
         if half == "first":  # the base row's cell among the query's probes
-            for rows, members, squared in _cell_pairs(queries, query_lists, base, base_lists, cells, radius, block):
+            for rows, members, squared in close_pairs(queries, query_lists, base, base_lists, cells, radius, block):
                 found.append(keep(rows, members, squared))
         else:  # the query's cell among the base row's probes, and not found above
-            for members, rows, squared in _cell_pairs(base, base_lists, queries, query_lists, cells, radius, block):
+            for members, rows, squared in close_pairs(base, base_lists, queries, query_lists, cells, radius, block, True):
                 new = ~(query_lists.probes[rows] == base_lists.probes[members, :1]).any(axis=1)
                 found.append(keep(rows[new], members[new], squared[new]))
         return found

@@ -18,6 +18,9 @@ from raysel.storage import StorageOptions
 from raysel.store import FeatureStore
 
 
+NORMALIZE_BLOCK = 65_536  # rows normalized at a time (float64 temporaries of this many rows)
+
+
 class PoolShard:
     """Rows of the pool: ids [n] int64 ascending, vectors [n, D] float32, labeled [n] bool."""
 
@@ -35,7 +38,7 @@ class PoolShard:
         self.probes: np.ndarray | None = None  # [n, probes] int64 each row's probed cells
         self.cell_lists: ivf_lists.CellLists | None = None  # own rows by cell, for `neighbours_near`
         self.norms: np.ndarray | None = None  # [n] float64 squared norms, for `neighbours_near`
-        self.degrees = np.zeros(0, dtype=np.int64)  # ball sizes counted by ball_search(keep=False)
+        self.counted: ball_graph.BallCounts | None = None  # the balls counted by ball_search(keep=False)
         self.counted_only = False
 
     @classmethod
@@ -61,17 +64,23 @@ class PoolShard:
         """Give each row (store order) its global id; rows are then kept in id order."""
         order = np.argsort(ids, kind="stable")
         self.ids = np.asarray(ids, dtype=np.int64)[order]
-        self.vectors = np.ascontiguousarray(self.vectors[order])
+        if np.any(order[1:] < order[:-1]):  # store order is often id (uri) order already: no copy then
+            self.vectors = np.ascontiguousarray(self.vectors[order])
         self.labeled = np.isin(self.ids, labeled_ids)
         self.uris = None  # the driver names picks; the shard only needs ids from here on
 
     def normalize(self) -> int:
         """Scale rows to unit length (probcover); returns the lowest id of a zero row, or -1."""
-        norms = np.linalg.norm(self.vectors.astype(np.float64), axis=1)
+        blocks = range(0, len(self.vectors), NORMALIZE_BLOCK)  # float64 a block at a time, in place: no copy of the shard
+        norms = np.concatenate([np.zeros(0)] + [
+            np.linalg.norm(self.vectors[start : start + NORMALIZE_BLOCK].astype(np.float64), axis=1) for start in blocks
+        ])
         zero = np.flatnonzero(norms == 0)
         if len(zero):
             return int(self.ids[zero[0]])
-        self.vectors = (self.vectors / norms[:, None]).astype(np.float32)
+        for start in blocks:
+            stop = start + NORMALIZE_BLOCK
+            self.vectors[start:stop] = self.vectors[start:stop] / norms[start:stop, None]
         return -1
 
     def rows_of(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -142,14 +151,18 @@ class PoolShard:
             rows, targets = ball_graph.ball_pairs(self.vectors, self.ids, base[1], base[0], delta, self.probes, base[2], lists, self.threads)
             self._pairs.append((rows, targets))
             return len(rows)
-        counted = ball_graph.ball_counts(self.vectors, self.ids, base[1], base[0], delta, self.probes, base[2], lists, self.threads)
-        self.degrees = self.degrees + counted if len(self.degrees) == len(counted) else counted
-        return int(counted.sum())
+        counted = ball_graph.ball_counts(self.vectors, self.ids, base[1], base[0], delta, self.probes, base[2], lists, self.threads,
+                                         self.cell_lists, self.norms)
+        if self.counted is None or np.array_equal(base[0], self.ids):  # round 0 (against itself) starts a search
+            self.counted = counted
+        else:
+            self.counted = self.counted + counted
+        return int(counted.counts.sum())
 
     def finish_graph(self) -> tuple[np.ndarray, np.ndarray]:
         """Build the CSR lists from the pairs found; returns (ids, ball sizes without the row itself)."""
         if self.counted_only:
-            return self.ids, self.degrees
+            return self.ids, self.counted.counts
         rows = np.concatenate([p[0] for p in self._pairs]) if self._pairs else np.zeros(0, np.int64)
         targets = np.concatenate([p[1] for p in self._pairs]) if self._pairs else np.zeros(0, np.int64)
         self._pairs = []
@@ -161,19 +174,31 @@ class PoolShard:
         position = self._positions(ids)
         return ball_graph.gather(self.indptr, self.neighbours, position).astype(np.int64)
 
-    def rows_with_probes(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(ids, vectors, probes) of the asked ids this shard holds."""
+    def rows_with_probes(self, ids: np.ndarray) -> tuple[np.ndarray, ...]:
+        """(ids, vectors, probes, near_cells, found_from_far) of the asked ids this shard holds (`BallCounts`)."""
         position = self._positions(ids)
-        return self.ids[position], self.vectors[position], self.probes[position]
+        return (self.ids[position], self.vectors[position], self.probes[position],
+                self.counted.near_cells[position], self.counted.found_from_far[position])
 
-    def neighbours_near(self, delta: float, queries: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
-        """The ids of this shard's rows in the balls of `queries` (ids, vectors, probes), concatenated: the same
-        pairs `ball_search` finds for those rows (the same kernel on the same vectors and cells)."""
+    def neighbours_near(self, delta: float, queries: tuple[np.ndarray, ...]) -> np.ndarray:
+        """The ids of this shard's rows in the balls of `queries` (`rows_with_probes`), concatenated: the same
+        pairs `ball_search` finds for those rows (the same kernel on the same vectors and cells, searching
+        only where the count found neighbours)."""
         _, targets = ball_graph.ball_pairs(
             queries[1], queries[0], self.vectors, self.ids, delta, queries[2], self.probes, self.cells.lists, self.threads,
-            base_lists=self.cell_lists, base_norms=self.norms,
+            base_lists=self.cell_lists, base_norms=self.norms, query_used=(queries[3], queries[4]),
         )
         return targets
+
+    def balls_holding(self, delta: float, queries: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """(ids, how many) of this shard's rows that lie in some of the balls of `queries` (`rows_with_probes`):
+        how many of those balls hold each (the row's own not counted), from the same pairs as `neighbours_near`."""
+        held = ball_graph.balls_holding(
+            queries[1], queries[0], self.vectors, self.ids, delta, queries[2], (queries[3], queries[4]), self.cells.lists,
+            self.threads, self.cell_lists, self.norms,
+        )
+        rows = np.flatnonzero(held)
+        return self.ids[rows], held[rows]
 
     # --- purity rule ---
     def assign(self, centers: np.ndarray, mean: np.ndarray) -> None:

@@ -380,6 +380,6 @@ def open_memory_pool(vectors: np.ndarray, uris: Sequence[str], labeled: Sequence
     if vectors.ndim != 2 or len(vectors) != len(uris):
         raise ValueError(f"vectors must be [N, D] with N = {len(uris)} uris, got shape {vectors.shape}")
     bounds = [len(uris) * part // shards for part in range(shards + 1)]
-    group = LocalPoolGroup([PoolShard(uris[a:b], vectors[a:b]) for a, b in zip(bounds[:-1], bounds[1:])])
+    group = LocalPoolGroup([PoolShard(uris[a:b], np.array(vectors[a:b], dtype=np.float32)) for a, b in zip(bounds[:-1], bounds[1:])])  # own copies: shards change their rows in place
     index = _number(group, group.call("summary"), labeled, budget, what, "the pool")
     return group, index
