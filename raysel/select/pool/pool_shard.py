@@ -22,7 +22,7 @@ NORMALIZE_BLOCK = 65_536  # rows normalized at a time (float64 temporaries of th
 
 
 class PoolShard:
-    """Rows of the pool: ids [n] int64 ascending, vectors [n, D] float32, labeled [n] bool."""
+    """Rows of the pool: ids [n] int64 ascending, vectors [n, D] float32 (owned: `normalize` scales them in place), labeled [n] bool."""
 
     def __init__(self, uris: list[str], vectors: np.ndarray, threads: int = 1) -> None:
         self.uris: list[str] | None = list(uris)
