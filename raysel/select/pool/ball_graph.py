@@ -19,7 +19,7 @@ Memory: O(edges) plus O(QUERY_BLOCK x neighbours) transient; time O(queries x ba
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import faiss
 import numpy as np
@@ -98,9 +98,68 @@ class BallCounts:
     near_cells: np.ndarray
     found_from_far: np.ndarray
 
+    @classmethod
+    def none(cls, rows: int, probes: int) -> "BallCounts":
+        """No neighbours yet for `rows` rows of `probes` probes."""
+        return cls(np.zeros(rows, np.int64), np.zeros((rows, probes), bool), np.zeros(rows, bool))
+
     def __add__(self, other: "BallCounts") -> "BallCounts":
         """The counts of one query set against two disjoint bases."""
         return BallCounts(self.counts + other.counts, self.near_cells | other.near_cells, self.found_from_far | other.found_from_far)
+
+
+def _score_bounds(limit: float, error: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """float32 thresholds on `cell_blocks` scores (`own`: the norm they leave out) just outside
+    limit -/+ error: below the first a pair is surely in, from the second it is surely out."""
+    low = np.nextafter((limit - error - own).astype(np.float32), np.float32(-np.inf))
+    high = np.nextafter((limit + error - own).astype(np.float32), np.float32(np.inf))
+    return low, high
+
+
+def _dense_inside(
+    scores: np.ndarray, low: np.ndarray, high: np.ndarray, limit: float, check: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs inside delta of one first-half block, whose `_score_bounds` are per row.
+
+    Returns (sure [rows, members] bool: surely inside by float32; maybe [rows] int64: pairs not
+    surely outside; line, column: the pairs of the rounding band that check(lines, columns), their
+    float64 squared distances, puts inside). Only the rows with a pair in the band are searched for it.
+    """
+    sure = scores < low[:, None]
+    maybe = np.count_nonzero(scores < high[:, None], axis=1)
+    band_rows = np.flatnonzero(maybe > np.count_nonzero(sure, axis=1))
+    if not len(band_rows):
+        return sure, maybe, np.zeros(0, np.int64), np.zeros(0, np.int64)
+    part = scores[band_rows]
+    line, column = np.nonzero((part >= low[band_rows, None]) & (part < high[band_rows, None]))
+    line = band_rows[line]
+    inside = check(line, column) < limit
+    return sure, maybe, line[inside], column[inside]
+
+
+def _far_pairs(
+    queries: np.ndarray, query_lists: ivf_lists.CellLists, query_norms: np.ndarray,
+    base: np.ndarray, base_lists: ivf_lists.CellLists, base_norms: np.ndarray, cells: list[int], limit: float,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(base rows, query rows) of the pairs inside delta that only the second half of the candidate condition
+    finds: a base row probing the query's own cell from a cell the query does not probe (`cell_blocks`
+    over `cells`, thresholds per query, float64 inside the rounding band)."""
+    unit = float32_error(queries.shape[1])
+    base_own = base_lists.probes[:, 0]
+    for _, rows, members, scores in ivf_lists.cell_blocks(base, base_lists, queries, query_lists, cells, IVF_QUERY_BLOCK,
+                                                          "probing", strangers_only=True):
+        low, high = _score_bounds(limit, unit * (query_norms[members] + base_norms[rows].max()), query_norms[members])
+        lines = np.flatnonzero(np.count_nonzero(scores < high[None, :], axis=1))
+        if not len(lines):
+            continue
+        part = scores[lines]
+        line, column = np.nonzero(part < high[None, :])
+        inside = part[line, column] < low[column]
+        unsure = np.flatnonzero(~inside)
+        inside[unsure] = exact_squared(queries, base, members[column[unsure]], rows[lines[line[unsure]]]) < limit
+        line, column = lines[line[inside]], column[inside]
+        far = ~(query_lists.probes[members[column]] == base_own[rows[line]][:, None]).any(axis=1)
+        yield rows[line[far]], members[column[far]]
 
 
 def ball_counts(
@@ -124,7 +183,7 @@ def ball_counts(
     base = np.ascontiguousarray(base, dtype=np.float32)
     probes = query_probes.shape[1]
     if not len(queries) or not len(base):
-        return BallCounts(np.zeros(len(queries), np.int64), np.zeros((len(queries), probes), bool), np.zeros(len(queries), bool))
+        return BallCounts.none(len(queries), probes)
     same = len(query_ids) == len(base_ids) and bool(np.array_equal(query_ids, base_ids))
     limit = float(delta) ** 2
     unit = float32_error(queries.shape[1])
@@ -132,79 +191,44 @@ def ball_counts(
     query_lists = ivf_lists.CellLists.of(queries, query_probes, lists) if query_lists is None else query_lists
     base_norms = query_norms if same else squared_norms(base)
     base_lists = query_lists if same else ivf_lists.CellLists.of(base, base_probes, lists)
-    query_own, base_own = query_lists.probes[:, 0], base_lists.probes[:, 0]
+    query_own = query_lists.probes[:, 0]
     first, second = ivf_lists.shared_cells(query_lists, base_lists)
     if same:
         second = []
 
-    def bounds(error: np.ndarray, own: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """float32 thresholds on `cell_blocks` scores (`own`: the norm they leave out) just outside
-        limit -/+ error: below the first a pair is surely in, from the second it is surely out."""
-        low = np.nextafter((limit - error - own).astype(np.float32), np.float32(-np.inf))
-        high = np.nextafter((limit + error - own).astype(np.float32), np.float32(np.inf))
-        return low, high
-
-    def found_pairs(
-        scores: np.ndarray, lines: np.ndarray, low: np.ndarray, high: np.ndarray, per_line: bool, check: Callable,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(line, column) of the pairs inside delta among `lines` of `scores` (`bounds` per line, or per
-        column when not per_line); check(lines, columns) gives the unsure pairs' float64 squared distances."""
-        part = scores[lines]
-        line, column = np.nonzero(part < (high[lines, None] if per_line else high[None, :]))
-        values = part[line, column]
-        inside = values < (low[lines[line]] if per_line else low[column])
-        unsure = np.flatnonzero(~inside)
-        inside[unsure] = check(lines[line[unsure]], column[unsure]) < limit
-        return lines[line[inside]], column[inside]
-
     def work(task: tuple[str, list[int]]) -> BallCounts:
         half, cells = task
-        counts = np.zeros(len(queries), dtype=np.int64)
-        near = np.zeros((len(queries), probes), dtype=bool)
-        far = np.zeros(len(queries), dtype=bool)
+        found = BallCounts.none(len(queries), probes)
+        counts, near, far = found.counts, found.near_cells, found.found_from_far
         if half == "first":  # rows: queries probing the cell; members: base rows of the cell
             for cell, rows, members, scores in ivf_lists.cell_blocks(queries, query_lists, base, base_lists, cells, IVF_QUERY_BLOCK):
-                low, high = bounds(unit * (query_norms[rows] + base_norms[members].max()), query_norms[rows])
-                sure = np.count_nonzero(scores < low[:, None], axis=1)
-                maybe = np.count_nonzero(scores < high[:, None], axis=1)
-                found = sure
-                unsure_rows = np.flatnonzero(maybe > sure)
-                if len(unsure_rows):  # the rows with a pair inside the error band: decide those in float64
-                    part = scores[unsure_rows]
-                    line, column = np.nonzero((part >= low[unsure_rows, None]) & (part < high[unsure_rows, None]))
-                    inside = exact_squared(queries, base, rows[unsure_rows[line]], members[column]) < limit
-                    found = sure + np.bincount(unsure_rows[line[inside]], minlength=len(rows))
-                counts[rows] += found
+                low, high = _score_bounds(limit, unit * (query_norms[rows] + base_norms[members].max()), query_norms[rows])
+                sure, maybe, line, column = _dense_inside(scores, low, high, limit,
+                                                          lambda r, m: exact_squared(queries, base, rows[r], members[m]))
+                inside = np.count_nonzero(sure, axis=1) + np.bincount(line, minlength=len(rows))
+                counts[rows] += inside
                 own_here = query_own[rows] == cell
-                others = found - (own_here if same else 0)  # a row's own entry is no neighbour
-                hit = np.flatnonzero(others > 0)
+                hit = np.flatnonzero(inside - (own_here if same else 0) > 0)  # a row's own entry is no neighbour
                 near[rows[hit], np.argmax(query_lists.probes[rows[hit]] == cell, axis=1)] = True
                 if same:  # the transposed pairs (member, row) the second half would find: row's cell not in member's probes
                     strangers = np.flatnonzero(~own_here & (maybe > 0))
                     if len(strangers):
-                        line, column = found_pairs(scores, strangers, low, high, True,
-                                                   lambda r, m: exact_squared(queries, base, rows[r], members[m]))
+                        sure_line, sure_column = np.nonzero(sure[strangers])
+                        band = ~own_here[line]
+                        line = np.concatenate([strangers[sure_line], line[band]])
+                        column = np.concatenate([sure_column, column[band]])
                         far_pair = ~(query_lists.probes[members[column]] == query_own[rows[line]][:, None]).any(axis=1)
                         got = members[column[far_pair]]
                         np.add.at(counts, got, 1)
                         far[got] = True
-        else:  # rows: base rows probing the cell from elsewhere; members: queries of the cell, less the pairs counted above
-            for cell, rows, members, scores in ivf_lists.cell_blocks(base, base_lists, queries, query_lists, cells, IVF_QUERY_BLOCK,
-                                                                     "probing", strangers_only=True):
-                low, high = bounds(unit * (query_norms[members] + base_norms[rows].max()), query_norms[members])
-                lines = np.flatnonzero(np.count_nonzero(scores < high[None, :], axis=1))
-                if not len(lines):
-                    continue
-                line, column = found_pairs(scores, lines, low, high, False, lambda r, m: exact_squared(queries, base, members[m], rows[r]))
-                far_pair = ~(query_lists.probes[members[column]] == base_own[rows[line]][:, None]).any(axis=1)
-                got = members[column[far_pair]]
+        else:  # base rows probing a query's cell from elsewhere: the pairs the first half did not count
+            for _, got in _far_pairs(queries, query_lists, query_norms, base, base_lists, base_norms, cells, limit):
                 np.add.at(counts, got, 1)
                 far[got] = True
-        return BallCounts(counts, near, far)
+        return found
 
-    parts = ivf_lists.run_spread(work, first, second, threads)
-    total = parts[0] if parts else BallCounts(np.zeros(len(queries), np.int64), np.zeros((len(queries), probes), bool), np.zeros(len(queries), bool))
-    for part in parts[1:]:
+    total = BallCounts.none(len(queries), probes)
+    for part in ivf_lists.run_spread(work, first, second, threads):
         total = total + part
     own = np.isin(query_ids, base_ids)  # each row's own entry (distance 0, always a candidate)
     return BallCounts(total.counts - own, total.near_cells, total.found_from_far)
@@ -220,7 +244,7 @@ def balls_holding(
 
     The first half (queries probing a cell against its members) is counted densely per member,
     with float64 only inside the error band, as `ball_counts` counts; the second half (base
-    rows probing a far query's cell) lists its few pairs. Arguments as `ball_pairs`.
+    rows probing a far query's cell) lists its few pairs (`_far_pairs`). Arguments as `ball_pairs`.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     counts = np.zeros(len(base), dtype=np.int64)
@@ -230,7 +254,6 @@ def balls_holding(
     unit = float32_error(queries.shape[1])
     query_norms = squared_norms(queries)
     query_lists = ivf_lists.CellLists.of(queries, query_probes, lists, *query_used)
-    base_own = base_lists.probes[:, 0]
     first, second = ivf_lists.shared_cells(query_lists, base_lists)
 
     def work(task: tuple[str, list[int]]) -> np.ndarray:
@@ -238,30 +261,16 @@ def balls_holding(
         found = np.zeros(len(base), dtype=np.int64)
         if half == "first":  # rows: queries probing the cell; members: base rows of the cell
             for _, rows, members, scores in ivf_lists.cell_blocks(queries, query_lists, base, base_lists, cells, IVF_QUERY_BLOCK):
-                error = unit * (query_norms[rows] + base_norms[members].max())
-                low = np.nextafter((limit - error - query_norms[rows]).astype(np.float32), np.float32(-np.inf))
-                high = np.nextafter((limit + error - query_norms[rows]).astype(np.float32), np.float32(np.inf))
-                sure = scores < low[:, None]
+                low, high = _score_bounds(limit, unit * (query_norms[rows] + base_norms[members].max()), query_norms[rows])
+                sure, _, _, column = _dense_inside(scores, low, high, limit,
+                                                   lambda r, m: exact_squared(queries, base, rows[r], members[m]))
                 found[members] += np.count_nonzero(sure, axis=0)
-                band = np.flatnonzero(np.count_nonzero(scores < high[:, None], axis=1) > np.count_nonzero(sure, axis=1))
-                if len(band):
-                    part = scores[band]
-                    line, column = np.nonzero((part >= low[band, None]) & (part < high[band, None]))
-                    inside = exact_squared(queries, base, rows[band[line]], members[column]) < limit
-                    np.add.at(found, members[column[inside]], 1)
-        else:  # rows: base rows probing the cell from elsewhere; members: far queries of the cell
-            for rows, members, squared in ivf_lists.close_pairs(base, base_lists, queries, query_lists, cells, radius, IVF_QUERY_BLOCK, True):
-                far_pair = ~(query_lists.probes[members] == base_own[rows][:, None]).any(axis=1)
-                rows, members, squared = rows[far_pair], members[far_pair], squared[far_pair].astype(np.float64)
-                error = unit * (query_norms[members] + base_norms[rows])
-                inside = squared + error < limit
-                unsure = np.flatnonzero(~inside & (squared - error < limit))
-                inside[unsure] = exact_squared(queries, base, members[unsure], rows[unsure]) < limit
-                np.add.at(found, rows[inside], 1)
+                np.add.at(found, members[column], 1)
+        else:  # base rows probing a far query's cell from elsewhere
+            for got, _ in _far_pairs(queries, query_lists, query_norms, base, base_lists, base_norms, cells, limit):
+                np.add.at(found, got, 1)
         return found
 
-    worst_error = unit * (float(query_norms.max()) + float(base_norms.max()))
-    radius = limit + max(CANDIDATE_MARGIN * max(limit, 1.0), worst_error)
     for part in ivf_lists.run_spread(work, first, second, threads):
         counts += part
     # each base row that is a query counted itself where its own cell was searched (distance 0, always inside)

@@ -174,7 +174,7 @@ def cell_blocks(
             yield cell, rows, inside, scores
 
 
-def close_pairs(
+def _cell_pairs(
     probing: np.ndarray, probing_lists: CellLists, members: np.ndarray, member_lists: CellLists, cells: Sequence[int],
     radius: float, block: int, strangers_only: bool = False,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
@@ -230,10 +230,10 @@ def candidate_pairs(
         half, cells = task
         found = []
         if half == "first":  # the base row's cell among the query's probes
-            for rows, members, squared in close_pairs(queries, query_lists, base, base_lists, cells, radius, block):
+            for rows, members, squared in _cell_pairs(queries, query_lists, base, base_lists, cells, radius, block):
                 found.append(keep(rows, members, squared))
         else:  # the query's cell among the base row's probes, and not found above
-            for members, rows, squared in close_pairs(base, base_lists, queries, query_lists, cells, radius, block, True):
+            for members, rows, squared in _cell_pairs(base, base_lists, queries, query_lists, cells, radius, block, True):
                 new = ~(query_lists.probes[rows] == base_lists.probes[members, :1]).any(axis=1)
                 found.append(keep(rows[new], members[new], squared[new]))
         return found
