@@ -24,14 +24,23 @@ def ensure_ray(config: RayConfig | None = None) -> None:
         ray.init(num_cpus=config.num_cpus, num_gpus=config.num_gpus, include_dashboard=False)
 
 
+class ShardNotLoadedError(RuntimeError):
+    """A call reached a shard actor that holds no rows: it died between calls and Ray restarted it empty."""
+
+
+# A shard actor lost: it died during the call (Ray's error) or before it (restarted empty, ours).
+LOST_ACTOR_ERRORS = (ray.exceptions.RayActorError, ShardNotLoadedError)
+
+
 def get_reraising_input_errors(refs):
-    """ray.get, re-raising an input error (ValueError) from inside a task or actor as itself (no remote traceback)."""
+    """ray.get, re-raising an input error (ValueError) or a lost shard actor from inside a task or
+    actor as itself (no remote traceback); a task whose argument came from a lost actor counts too."""
     from ray.exceptions import RayTaskError
 
     try:
         return ray.get(refs)
     except RayTaskError as exc:
-        if isinstance(exc.cause, ValueError):
+        if isinstance(exc.cause, (ValueError, *LOST_ACTOR_ERRORS)):
             raise exc.cause from None
         raise
 

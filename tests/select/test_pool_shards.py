@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -206,6 +207,42 @@ def test_kernels_give_the_same_bits_on_any_number_of_threads(monkeypatch):
         assert typicality.top_of_clusters(wanted, ids, one, points, np.zeros(5000, bool), threads) == top
 
 
+def kill_and_wait_for_restart(ray_session, actor) -> None:
+    """Kill a shard actor (Ray restarts it) and return once the restarted, empty actor answers."""
+    from ray.exceptions import GetTimeoutError, RayActorError
+
+    ray_session.kill(actor, no_restart=False)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if not ray_session.get(actor.is_loaded.remote(), timeout=10):
+                return
+        except (RayActorError, GetTimeoutError):
+            pass
+        time.sleep(0.2)
+    raise AssertionError("the killed shard actor did not come back within 60 s")
+
+
+@pytest.mark.ray
+def test_pool_actor_lost_between_calls_is_reloaded_before_the_next_call(ray_session, make_store, synth):
+    from raysel.select.pool.sharded import open_store_pool
+    from raysel.store import FeatureStore
+
+    uris = synth.uris(300, 5)
+    store = FeatureStore(write_store(make_store, synth, blob_pool(300, seed=5), uris, rows_per_shard=100))
+    group, _ = open_store_pool(store, 2, [], 10)
+    try:
+        wanted = np.arange(0, 300, 7)
+        before = group.call("rows_of", wanted)  # needs the numbering (set_ids) replayed
+        kill_and_wait_for_restart(ray_session, group.actors[1])  # dead after its last call, back empty
+        after = group.call("rows_of", wanted)  # not an error about a shard without rows
+        assert group.recoveries == 1 and len(after[1][0]) > 0
+        for (ids, vectors), (ids_again, vectors_again) in zip(before, after):
+            assert np.array_equal(ids, ids_again) and np.array_equal(vectors, vectors_again)
+    finally:
+        group.close()
+
+
 @pytest.mark.ray
 def test_killed_pool_actors_are_restarted_and_replayed(ray_session, make_store, synth):
     from raysel.select.pool.sharded import open_store_pool
@@ -219,13 +256,15 @@ def test_killed_pool_actors_are_restarted_and_replayed(ray_session, make_store, 
     calls: dict[str, int] = {}
 
     def kill_at(plan: dict[str, tuple[int, int]]):
-        """Kill actor `shard` on the `nth` round of `method`, with the calls in flight."""
+        """Kill actor `shard` on the `nth` round of `method`, with the calls in flight, and wait
+        until Ray has restarted it. The kill lands during that call (Ray fails it) or just after
+        it (the next call finds the actor empty): either way the group must reload and replay it."""
 
         def hook(method, group):
             calls[method] = calls.get(method, 0) + 1
             if method in plan and calls[method] == plan[method][0]:
                 kills.append(method)
-                ray_session.kill(group.actors[plan[method][1]], no_restart=False)
+                kill_and_wait_for_restart(ray_session, group.actors[plan[method][1]])
 
         return hook
 
@@ -243,10 +282,10 @@ def test_killed_pool_actors_are_restarted_and_replayed(ray_session, make_store, 
     kills.clear()
     calls.clear()
     group, index = open_store_pool(store, 2, labeled, 12)
-    group.after_submit = kill_at({"typicality_top": (1, 1)})  # mid exchange: its K-Means labels replayed
+    group.after_submit = kill_at({"cluster_summary": (1, 1)})  # its K-Means labels replayed before the exchange
     try:
         picks = typiclust.typiclust_on_pool(group, index, 12, 500, 2)[0]
     finally:
         group.close()
-    assert kills == ["typicality_top"] and group.recoveries == 1
+    assert kills == ["cluster_summary"] and group.recoveries == 1
     assert picks == typiclust_reference(vectors, uris, 12, labeled, seed=2)

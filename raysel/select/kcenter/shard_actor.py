@@ -6,7 +6,8 @@ only moves messages.
 
 Fault tolerance: actors are created with `max_restarts`, so Ray restarts a killed
 one (its constructor runs again, empty). When a call fails with `RayActorError`
-the group waits for the actor to come back, has it reload its rows and replay
+(the actor died during it) or `ShardNotLoadedError` (it died before it and came
+back empty), the group waits for the actor, has it reload its rows and replay
 every center batch and pick so far (min-distances are a min over centers, so
 replaying in any grouping rebuilds them to the bit), then repeats the call.
 Center batches are `ray.put` once per pass and kept as references, so the
@@ -24,7 +25,7 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
-from raysel.runtime import get_reraising_input_errors
+from raysel.runtime import LOST_ACTOR_ERRORS, ShardNotLoadedError, get_reraising_input_errors
 from raysel.select import distances
 from raysel.select.kcenter.kernel import CenterBatch, Draw, KCenterShard, Proposal
 from raysel.select.kcenter.driver import ShardGroup, ShardSummary
@@ -100,9 +101,14 @@ class ShardActor:
             source=describe(slices),
         )
 
+    def _loaded(self) -> KCenterShard:
+        if self.shard is None:
+            raise ShardNotLoadedError(f"shard actor {self.index} holds no rows (restarted after it died)")
+        return self.shard
+
     def hash_buckets(self, parts: int) -> list[np.ndarray] | np.ndarray:
         """This shard's uri hashes split by hash % parts (one return value per part)."""
-        hashes = self.shard.hashes
+        hashes = self._loaded().hashes
         buckets = [np.sort(hashes[hashes % np.uint64(parts) == np.uint64(part)]) for part in range(parts)]
         return buckets if parts > 1 else buckets[0]
 
@@ -112,22 +118,22 @@ class ShardActor:
         return np.unique(merged[1:][merged[1:] == merged[:-1]])
 
     def uris_with_hashes(self, hashes: np.ndarray) -> list[str]:
-        wanted = np.isin(self.shard.hashes, hashes)
-        return [self.shard.uris[row] for row in np.flatnonzero(wanted)]
+        wanted = np.isin(self._loaded().hashes, hashes)
+        return [self._loaded().uris[row] for row in np.flatnonzero(wanted)]
 
     def seed_batch(self) -> CenterBatch:
-        return self.shard.seed_batch()
+        return self._loaded().seed_batch()
 
     def restore(self, picked_rows: list[int], *batches: CenterBatch) -> None:
-        self.shard.apply(batches, picked_rows)
+        self._loaded().apply(batches, picked_rows)
 
     def propose(self, count: int, picked_rows: list[int], *batches: CenterBatch) -> Proposal:
-        self.shard.apply(batches, picked_rows)
-        return self.shard.propose(count)
+        self._loaded().apply(batches, picked_rows)
+        return self._loaded().propose(count)
 
     def draw(self, seed: int, index: int, picked_rows: list[int], *batches: CenterBatch) -> Draw | None:
-        self.shard.apply(batches, picked_rows)
-        return self.shard.draw(seed, index)
+        self._loaded().apply(batches, picked_rows)
+        return self._loaded().draw(seed, index)
 
     def stats(self) -> dict:
         shard = self.shard
@@ -246,7 +252,7 @@ class RayShardGroup(ShardGroup):
             self.after_submit(method, self)
         try:
             return self._get(refs)  # one ray.get for all actors: the common case
-        except RayActorError:
+        except LOST_ACTOR_ERRORS:
             pass  # some actor died: gather one by one, recovering the dead ones
         results = []
         for index, ref in enumerate(refs):
@@ -254,7 +260,7 @@ class RayShardGroup(ShardGroup):
                 try:
                     results.append(self._get(ref))
                     break
-                except RayActorError:
+                except LOST_ACTOR_ERRORS:
                     if attempt == MAX_RESTARTS + 1:
                         raise
                     self._recover(index)

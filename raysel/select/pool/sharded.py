@@ -20,8 +20,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import ray
-from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayActorError
 
+from raysel.runtime import LOST_ACTOR_ERRORS, ShardNotLoadedError, get_reraising_input_errors
 from raysel.select.blas import single_threaded
 from raysel.select.pool.embedding_pool import PoolIndex, check_budget, index_pool
 from raysel.select.pool.pool_shard import PoolShard
@@ -130,13 +131,18 @@ class PoolShardActor:
         self.shard = PoolShard.from_store(store_uri, options, slices, threads)
         return self.shard.summary()
 
+    def _loaded(self) -> PoolShard:
+        if self.shard is None:
+            raise ShardNotLoadedError(f"pool shard actor {self.index} holds no rows (restarted after it died)")
+        return self.shard
+
     @single_threaded
     def run(self, method: str, *args: Any) -> Any:
-        return getattr(self.shard, method)(*args)
+        return getattr(self._loaded(), method)(*args)
 
     @single_threaded
     def run_split(self, method: str, *args: Any) -> Any:
-        parts = getattr(self.shard, method)(*args)
+        parts = getattr(self._loaded(), method)(*args)
         return tuple(parts) if len(parts) > 1 else parts[0]
 
     def stats(self) -> dict:
@@ -162,18 +168,6 @@ STATEFUL_CALLS = {"set_ids", "normalize", "set_cells", "ball_search", "finish_gr
 LABEL_CALLS = {"kmeans_step", "assign", "reset_labels"}
 
 
-def _get(refs: Any) -> Any:
-    """ray.get, re-raising an input error from inside an actor as itself."""
-    try:
-        return ray.get(refs)
-    except RayTaskError as exc:
-        if isinstance(exc.cause, ValueError):
-            raise exc.cause from None
-        if isinstance(exc.cause, RayActorError):  # a task whose argument came from a dead actor
-            raise exc.cause from None
-        raise
-
-
 @dataclass(frozen=True)
 class ExportOf:
     """In the replay log: "shard `index`'s export()", fetched afresh when replayed."""
@@ -186,8 +180,9 @@ class RayPoolGroup(PoolGroup):
 
     Fault tolerance, as the K-Center shard actors (`kcenter/shard_actor.py`): actors have
     `max_restarts`; the group logs every state-changing call per shard (`STATEFUL_CALLS`,
-    the latest of `LABEL_CALLS`). When a call fails with `RayActorError`, every actor that
-    came back empty reloads its rows and replays its log (the ball searches last, against
+    the latest of `LABEL_CALLS`). When a call fails with `RayActorError` (the actor died
+    during it) or `ShardNotLoadedError` (it died between calls and Ray restarted it empty
+    before this call reached it), every actor that came back empty reloads its rows and replays its log (the ball searches last, against
     the other shards' exports fetched afresh: nothing after them changes a shard's vectors
     or cells), then the failed calls are sent again. Every call is a pure function of the
     shard's rows and the arguments, so the picks are those of a run without the death.
@@ -258,7 +253,7 @@ class RayPoolGroup(PoolGroup):
             for index in sorted(healed):
                 entries = self.log[index][: searches[index]] if phase.startswith("before") else self.log[index][searches[index] :]
                 for method, args in entries:
-                    _get(self.actors[index].run.remote(method, *self._resolve(args)))
+                    get_reraising_input_errors(self.actors[index].run.remote(method, *self._resolve(args)))
         return healed
 
     def _gather(self, method: str, submit: Callable[[int], Any], healed: Callable[[set[int]], None] | None = None) -> list:
@@ -276,8 +271,8 @@ class RayPoolGroup(PoolGroup):
             failed: list[int] = []
             for index in pending:
                 try:
-                    results[index] = _get(refs[index])
-                except RayActorError:
+                    results[index] = get_reraising_input_errors(refs[index])
+                except LOST_ACTOR_ERRORS:
                     if attempt == MAX_RESTARTS + 1:
                         raise
                     failed.append(index)
