@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ def run(args, mode: str) -> None:
     import ray
 
     from raysel.config import DedupConfig
+    from raysel.process_memory import peak_rss_bytes
 
     config = DedupConfig(store=os.path.join(args.work, "store"), out=os.path.join(args.work, f"{mode}.parquet"),
                          threshold=args.threshold, shards=args.shards, clusters=args.clusters, kmeans_iters=args.kmeans_iters)
@@ -62,7 +62,7 @@ def run(args, mode: str) -> None:
         pq.write_table(table, config.out)
         record = {"actor_peak_rss_bytes": [], "seconds": {}}
     wall = time.time() - started
-    driver_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    driver_rss = peak_rss_bytes()
     print(json.dumps({"wall": wall, "driver_rss": driver_rss, "actor_rss": record.get("actor_peak_rss_bytes", []),
                       "phases": record.get("seconds", {}), "removed": table.num_rows,
                       "clusters": record.get("clusters"), "largest_cluster": record.get("largest_cluster"),

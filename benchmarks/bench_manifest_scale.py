@@ -41,6 +41,7 @@ ROWS, PREFIXES, PAGE, CHUNK_SIZE = int(ROWS), int(PREFIXES), int(PAGE), int(CHUN
 sys.path.insert(0, REPO)
 from raysel import images, schema
 from raysel.manifest import Manifest, diff_listing, from_table
+from raysel.process_memory import peak_rss_bytes
 
 def rss():
     with open("/proc/self/statm") as f:
@@ -126,7 +127,7 @@ baseline = rss()
 started = time.perf_counter()
 result = run(path, phase)
 seconds = time.perf_counter() - started
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+peak = peak_rss_bytes()
 print(json.dumps({"result": result, "seconds": seconds, "growth": peak - baseline}))
 '''
 

@@ -57,6 +57,7 @@ def run_one(args: argparse.Namespace) -> None:
     import ray
 
     from raysel.config import SelectConfig
+    from raysel.process_memory import peak_rss_bytes
     from raysel.select import run_selection
 
     ray.init(address=args.address, configure_logging=False, log_to_driver=False)
@@ -71,7 +72,7 @@ def run_one(args: argparse.Namespace) -> None:
     wall = time.perf_counter() - started
     stats = json.load(open(args.out + ".config.json"))["stats"]
     print(json.dumps({
-        "wall_s": wall, "driver_peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        "wall_s": wall, "driver_peak_rss": peak_rss_bytes(),
         "actor_peak_rss": max(_collect(stats, "peak_rss_bytes", []), default=None), "picks": table.num_rows,
         "actor_cpu_s": sum(_collect(stats, "cpu_seconds", [])) or None,
         "driver_cpu_s": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),

@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import time
 from pathlib import Path
 
 import numpy as np
 
+from raysel.process_memory import peak_rss_bytes
 from raysel.select.methods.probcover import IVF_PROBES, ivf_cells_on_pool, probcover_on_pool
 from raysel.select.pool.sharded import open_memory_pool
 
@@ -122,7 +122,7 @@ def main() -> None:
         line = f"| ivf | {result['cells'].lists} | {result['cells'].probes} | {result['wall']:.1f} ({result['train']:.1f}) | {compared} |"
         print(line, flush=True)
         lines.append(line)
-    lines += ["", f"Peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB"]
+    lines += ["", f"Peak RSS of this process: {peak_rss_bytes() / 2**30:.2f} GiB"]
     out = Path(__file__).parent / "results" / f"{args.name}.md"
     out.write_text("\n".join(lines) + "\n")
     print(lines[-1])

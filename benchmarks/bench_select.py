@@ -105,7 +105,9 @@ def write_synthetic_store(
 
 
 def peak_rss() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    from raysel.process_memory import peak_rss_bytes
+
+    return peak_rss_bytes()
 
 
 def cpu_seconds() -> float:

@@ -45,6 +45,7 @@ SCALE_SCRIPT = textwrap.dedent(
     import json, resource, sys
     import numpy as np, pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
     from raysel.manifest import Manifest, diff_listing, from_table
+    from raysel.process_memory import peak_rss_bytes
 
     def uris(prefix, ids):
         digits = pc.utf8_lpad(pc.cast(pa.array(ids), pa.string()), 8, "0")
@@ -71,7 +72,7 @@ SCALE_SCRIPT = textwrap.dedent(
     del listed
     grown = manifest.appended(new, chunk_size)
     pq.write_table(grown.table, f"{folder}/refreshed.parquet")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss_bytes()  # not ru_maxrss: a vfork-started child inherits its parent's (pytest's) peak there
     print(json.dumps({"rows": rows_seen, "chunks": len(spans), "new": len(new), "gone": len(gone),
                       "grown": grown.num_rows, "growth": peak - baseline,
                       "first_gone": gone[0].as_py(), "last_new": new[len(new) - 1].as_py()}))

@@ -97,9 +97,9 @@ class DedupShard:
         return out if len(out) > 1 else out[0]
 
     def peak_rss_bytes(self) -> int:
-        import resource
+        from raysel.process_memory import peak_rss_bytes
 
-        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+        return peak_rss_bytes()
 
     def duplicates(self, threshold: float, *bundles: dict) -> dict:
         """Removed rows of the clusters in `bundles`: uri, duplicate_of, similarity, cluster; and group count."""

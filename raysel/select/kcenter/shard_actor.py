@@ -25,6 +25,7 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
+from raysel.process_memory import peak_rss_bytes
 from raysel.runtime import LOST_ACTOR_ERRORS, ShardNotLoadedError, get_reraising_input_errors
 from raysel.select import distances
 from raysel.select.kcenter.kernel import CenterBatch, Draw, KCenterShard, Proposal
@@ -38,11 +39,6 @@ log = logging.getLogger(__name__)
 MAX_RESTARTS = 3  # Ray restarts a dead shard actor up to this many times
 RECOVERY_TIMEOUT_S = 120.0  # how long to wait for a restarted actor to answer
 PLACEMENT_TIMEOUT_S = 600.0  # how long to wait for all shard actors to be placed
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def cpu_seconds() -> float:

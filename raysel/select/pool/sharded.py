@@ -22,6 +22,7 @@ import numpy as np
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError
 
+from raysel.process_memory import peak_rss_bytes
 from raysel.runtime import LOST_ACTOR_ERRORS, ShardNotLoadedError, get_reraising_input_errors
 from raysel.select.blas import single_threaded
 from raysel.select.pool.embedding_pool import PoolIndex, check_budget, index_pool
@@ -33,11 +34,6 @@ from raysel.store import FeatureStore
 log = logging.getLogger(__name__)
 
 PLACEMENT_TIMEOUT_S = 600.0
-
-
-def peak_rss_bytes() -> int:
-    """Peak resident memory of this process (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 class PoolGroup(abc.ABC):
@@ -334,7 +330,7 @@ class RayPoolGroup(PoolGroup):
             for index in range(self.num_shards):
                 self._remember(index, method, (*args, ExportOf(base[index])))
             totals = [t + f for t, f in zip(totals, found)]
-        del exports
+        exports.clear()  # drop the shards' exports now, not when the closure goes
         return totals
 
     def stats(self) -> list[dict]:
