@@ -8,7 +8,7 @@
         --budget 1000 --name methods_1m
 
 Each (method, shards) runs `run_selection` in its own process on an embedded Ray with the
-machine's CPUs, so the driver's peak RSS (getrusage of that process) is its own. Actor
+machine's CPUs, so the driver's peak RSS (VmHWM of that process) is its own. Actor
 peak RSS comes from the run's `<out>.config.json` stats (shard actors report theirs);
 methods without actors (random, pt4al, uncertainty stream the store in the driver)
 show "-". The picks column (a hash of the picked uris in order) shows whether 1 and 2

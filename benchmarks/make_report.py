@@ -36,6 +36,12 @@ def main() -> None:
         "(or one at a time with the command under each heading); this page is rebuilt by",
         "`benchmarks/make_report.py` from `benchmarks/results/`.",
         "",
+        "Peak RSS: from 2026-12-06 on, the process's own high-water mark (Linux's VmHWM,",
+        "`raysel/process_memory.py`). Earlier figures used `getrusage().ru_maxrss`, which in a process",
+        "started by `subprocess` (vfork + exec) also holds its parent's peak when that was larger: for",
+        "the benchmarks' per-run child processes that parent is the small benchmark script, so those",
+        "figures are upper bounds of the same quantity; the targets they meet hold all the more.",
+        "",
     ]
     for filename, title, command in SECTIONS:
         path = os.path.join(HERE, "results", filename)
