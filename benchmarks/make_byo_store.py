@@ -7,7 +7,12 @@ Columns: `uri`, `embedding` (fixed-size list of float16 or float32), `clusters` 
 embedding as K = 1 knowledge cluster, so geal runs on it), `pretext_loss` (float32, for
 pt4al). Rows: `--classes` Gaussian blobs (centers N(0, 1), noise 0.7 per dimension),
 seeded per shard. Also writes `<store>/../<name>-labels.csv`: `--labeled` images with
-their blob as `label` (the label-aware methods train their linear head on them).
+their blob as `label` (the label-aware methods train their linear head on them), and with
+`--oracle` `<name>-oracle.csv`: every image's blob (`raysel simulate`'s labels).
+`--split test` draws other images of the same blobs (other seeds, `s3://byo/test-...` uris):
+a test split for `raysel simulate`.
+
+    .venv/bin/python benchmarks/make_byo_store.py /tmp/byo-test --rows 20000 --split test --oracle
 """
 from __future__ import annotations
 
@@ -32,6 +37,8 @@ def main() -> None:
     parser.add_argument("--rows-per-shard", type=int, default=100_000)
     parser.add_argument("--labeled", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--split", default="", help="'' (the pool) or a name: other images of the same blobs")
+    parser.add_argument("--oracle", action="store_true", help="also write <store>-oracle.csv: every image's blob")
     args = parser.parse_args()
     started = time.time()
     centers = np.random.default_rng(args.seed).standard_normal((args.classes, args.dims)).astype(np.float32)
@@ -40,12 +47,18 @@ def main() -> None:
     arrow_type = pa.float16() if args.dtype == "float16" else pa.float32()
     labeled_rows = set(np.random.default_rng(args.seed + 1).choice(args.rows, size=min(args.labeled, args.rows), replace=False).tolist())
     labels: list[tuple[str, int]] = []
+    prefix = f"s3://byo/{args.split}-" if args.split else "s3://byo/img-"
+    split_seed = [int.from_bytes(args.split.encode(), "little")] if args.split else []  # the pool keeps its seeds
+    base = Path(args.store.rstrip("/"))
+    oracle = open(base.with_name(base.name + "-oracle.csv"), "w") if args.oracle else None
+    if oracle:
+        oracle.write("uri,label\n")
     for chunk, start in enumerate(range(0, args.rows, args.rows_per_shard)):
         stop = min(start + args.rows_per_shard, args.rows)
-        rng = np.random.default_rng([args.seed, chunk])
+        rng = np.random.default_rng([args.seed, chunk, *split_seed])
         blob = rng.integers(0, args.classes, stop - start)
         vectors = (centers[blob] + 0.7 * rng.standard_normal((stop - start, args.dims), dtype=np.float32)).astype(args.dtype)
-        uris = [f"s3://byo/img-{i:08d}.jpg" for i in range(start, stop)]
+        uris = [f"{prefix}{i:08d}.jpg" for i in range(start, stop)]
         flat = pa.array(vectors.reshape(-1), arrow_type)
         embedding = pa.FixedSizeListArray.from_arrays(flat, args.dims)
         table = pa.table({
@@ -56,9 +69,13 @@ def main() -> None:
         })
         storage.write_parquet_atomic(table, store.path(schema.SHARDS_DIR, shard_name(chunk)), store.options)
         labels.extend((uris[i - start], int(blob[i - start])) for i in range(start, stop) if i in labeled_rows)
+        if oracle:
+            oracle.write("".join(f"{uri},{label}\n" for uri, label in zip(uris, blob.tolist())))
         print(f"shard {chunk}: rows {start}..{stop} ({time.time() - started:.0f}s)", flush=True)
     store.mark_complete({"rows": args.rows})
-    path = Path(args.store.rstrip("/")).with_name(Path(args.store.rstrip("/")).name + "-labels.csv")
+    if oracle:
+        oracle.close()
+    path = base.with_name(base.name + "-labels.csv")
     path.write_text("uri,label\n" + "".join(f"{uri},{label}\n" for uri, label in labels))
     print(f"wrote {args.rows} rows to {args.store} and {len(labels)} labels to {path} in {time.time() - started:.0f}s")
 

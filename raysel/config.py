@@ -311,7 +311,10 @@ class ReportConfig:
     selection: str | None = _opt(None, "Selection manifest (.parquet); default: selection.parquet of the run directory")
     labels: str | None = _opt(None, "Labels file (.parquet/.csv: 'uri', 'label'): adds the class histogram of the selection")
     simulation: str | None = _opt(None, "`raysel simulate` output directory (results.parquet): adds the accuracy plot")
-    max_tiles: int = _opt(500, "Most thumbnails in the contact sheet (the first picks by rank)")
+    max_tiles: int = _opt(
+        500, "Most thumbnails in the contact sheet (the first picks by rank); 0: none, no image is read "
+        "(a driver that cannot reach the images, or embeddings brought without images)"
+    )
     thumbnail_size: int = _opt(96, "Thumbnail size in pixels (square, as the model sees the image)")
     overlays: int = _opt(4, "Knowledge-cluster overlays of the first picks (0: none; needs the store's model)")
     coverage_vectors: str = _opt("auto", "Coverage curve vectors: 'clusters', 'embedding' or 'auto' (clusters for geal)")
@@ -337,9 +340,10 @@ class ReportConfig:
             raise ValueError("report needs --out FILE.html")
         if self.coverage_sample < 0:
             raise ValueError(f"--coverage-sample must be >= 0, got {self.coverage_sample}")
-        for name in ("max_tiles", "thumbnail_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.max_tiles < 0:
+            raise ValueError(f"--max-tiles must be >= 0, got {self.max_tiles}")
+        if self.thumbnail_size < 1:
+            raise ValueError(f"--thumbnail-size must be >= 1, got {self.thumbnail_size}")
         if self.overlays < 0:
             raise ValueError(f"--overlays must be >= 0, got {self.overlays}")
         if self.coverage_vectors not in ("auto", "clusters", "embedding"):

@@ -60,7 +60,9 @@ def contact_sheet_section(selection: Selection, max_tiles: int, size: int, optio
         )
     failed = sum(1 for jpeg, _ in thumbnails if jpeg is None)
     notes = [f"{len(selection.uris)} images selected, in pick order (rank 0 first)"]
-    if len(shown) < len(selection.uris):
+    if not max_tiles:
+        notes.append("no thumbnails (--max-tiles 0)")
+    elif len(shown) < len(selection.uris):
         notes.append(f"showing the first {len(shown)} (--max-tiles)")
     if failed:
         notes.append(f"{failed} could not be read")

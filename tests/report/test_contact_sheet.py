@@ -49,6 +49,13 @@ def test_max_tiles_shows_the_first_picks_and_says_so(tmp_path):
     assert "4 images selected" in body and "showing the first 2" in body
 
 
+def test_no_tiles_reads_no_image_and_says_so():
+    selection = Selection(uri="sel.parquet", uris=["s3://nowhere-reachable/a.jpg", "/no/such/b.jpg"], scores=np.ones(2))
+    body = contact_sheet_section(selection, max_tiles=0, size=16, options=StorageOptions()).body
+    assert tiles(body) == [] and "could not be read" not in body
+    assert "2 images selected" in body and "no thumbnails (--max-tiles 0)" in body
+
+
 def test_an_unreadable_image_gets_a_tile_with_the_reason(tmp_path):
     good = write_images(tmp_path, 1)
     broken = tmp_path / "broken.jpg"

@@ -65,7 +65,8 @@ def test_a_run_directory_gives_its_store_and_selection_and_a_store_needs_selecti
     "flags, message",
     [
         (["--overlays", "-1"], "--overlays must be >= 0"),
-        (["--max-tiles", "0"], "--max-tiles must be >= 1"),
+        (["--max-tiles", "-1"], "--max-tiles must be >= 0"),
+        (["--thumbnail-size", "0"], "--thumbnail-size must be >= 1"),
         (["--coverage-vectors", "pixels"], "--coverage-vectors must be"),
         (["--coverage-distance", "manhattan"], "--coverage-distance must be"),
         (["--weights", "w.pt", "--random-init"], "pass either --weights or --random-init"),
