@@ -123,3 +123,70 @@ def test_killed_shard_actor_is_restarted_and_replayed(ray_session, synth, make_s
         group.close()
     assert len(kills) == 1 and group.recoveries >= 1
     assert picks == kcenter_greedy_reference(vectors, uris, 120, "cosine", labeled=labeled)
+
+
+@pytest.mark.parametrize("labeled", [False, True])
+def test_shard_actor_lost_right_after_loading_is_reloaded_and_replayed(ray_session, synth, make_store, labeled):
+    """Killed after its `load` finished, the actor comes back empty: the next call must reload it, not fail."""
+    import time
+
+    from raysel.select.kcenter.shard_actor import RayShardGroup
+    from raysel.select.pool.store_rows import plan_shards
+
+    uris = synth.uris(600, seed=4)
+    vectors = synth.vectors(600, 3, 8, seed=4)
+    store = FeatureStore(make_store(synth.table(uris, vectors), rows_per_shard=200))
+    seeds = uris[::53] if labeled else []  # labeled: the first call after load makes the seed batches
+    group = RayShardGroup(store, plan_shards(store, 3), "clusters", "cosine", "float32", seeds=seeds)
+
+    def kill_after_load(method, group):
+        if method != "load":
+            return
+        actor = group.actors[2]
+        assert ray_session.get(actor.stats.remote(), timeout=60)["rows"] == 200  # queued behind load: load is done
+        ray_session.kill(actor, no_restart=False)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # until the restarted, empty actor answers
+            try:
+                if ray_session.get(actor.stats.remote(), timeout=10)["rows"] == 0:
+                    return
+            except (ray_session.exceptions.RayActorError, ray_session.exceptions.GetTimeoutError):
+                pass
+            time.sleep(0.2)
+        raise AssertionError("the killed shard actor did not come back within 60 s")
+
+    group.after_submit = kill_after_load
+    try:
+        picks, _ = run_kcenter(group, 40, "cosine", candidates=8, labeled=seeds)
+    finally:
+        group.close()
+    assert group.recoveries == 1
+    assert picks == kcenter_greedy_reference(vectors, uris, 40, "cosine", labeled=seeds)
+
+
+def test_seed_batches_of_an_actor_lost_before_them_are_made_again(ray_session, synth, make_store):
+    import time
+
+    from raysel.select.kcenter.shard_actor import RayShardGroup
+    from raysel.select.pool.store_rows import plan_shards
+
+    uris = synth.uris(400, seed=6)
+    store = FeatureStore(make_store(synth.table(uris, synth.vectors(400, 3, 8, seed=6)), rows_per_shard=200))
+    group = RayShardGroup(store, plan_shards(store, 2), "clusters", "cosine", "float32", seeds=uris[::40])
+    try:
+        group.start(0)
+        actor = group.actors[1]
+        ray_session.kill(actor, no_restart=False)
+        deadline = time.monotonic() + 60
+        while True:  # until the restarted, empty actor answers
+            try:
+                if not ray_session.get(actor.is_loaded.remote(), timeout=10):
+                    break
+            except (ray_session.exceptions.RayActorError, ray_session.exceptions.GetTimeoutError):
+                pass
+            assert time.monotonic() < deadline, "the killed shard actor did not come back within 60 s"
+            time.sleep(0.2)
+        batches = ray_session.get(group.seed_batches(), timeout=60)  # not an error carried into every pass
+        assert group.recoveries == 1 and len(batches) == 2
+    finally:
+        group.close()

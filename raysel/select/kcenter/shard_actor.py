@@ -97,6 +97,10 @@ class ShardActor:
             source=describe(slices),
         )
 
+    def is_loaded(self) -> bool:
+        """False in a fresh (or restarted) actor: its rows are not loaded yet."""
+        return self.shard is not None
+
     def _loaded(self) -> KCenterShard:
         if self.shard is None:
             raise ShardNotLoadedError(f"shard actor {self.index} holds no rows (restarted after it died)")
@@ -280,11 +284,32 @@ class RayShardGroup(ShardGroup):
         self.threads = [max(1, cpus // per_node[node]) for node, cpus in placed]
         return self._call_all("load", self._load_args)
 
+    def _recover_lost(self) -> None:
+        """Recover every actor that is dead or came back empty."""
+        for index, actor in enumerate(self.actors):
+            try:
+                loaded = ray.get(actor.is_loaded.remote(), timeout=RECOVERY_TIMEOUT_S)
+            except (RayActorError, GetTimeoutError):
+                loaded = False
+            if not loaded:
+                self._recover(index)
+
     def duplicate_uris(self) -> list[str]:
         """Hash-partitioned check: actor p gathers every shard's hashes with hash % S == p.
 
-        The driver only passes references around, so no process sees all uris.
+        The driver only passes references around, so no process sees all uris. A lost
+        actor (during or before the check) is recovered and the whole check run again.
         """
+        for attempt in range(MAX_RESTARTS + 2):
+            try:
+                return self._duplicate_uris_once()
+            except LOST_ACTOR_ERRORS:
+                if attempt == MAX_RESTARTS + 1:
+                    raise
+                self._recover_lost()
+        raise AssertionError("unreachable")
+
+    def _duplicate_uris_once(self) -> list[str]:
         parts = self.num_shards
         buckets = []
         for actor in self.actors:
@@ -303,9 +328,27 @@ class RayShardGroup(ShardGroup):
         return sorted(uri for uri, count in counts.items() if count > 1)
 
     def seed_batches(self) -> list[Any]:
+        """References to every shard's batch of labeled seeds (the driver never holds them).
+
+        A reference whose actor was lost before or during `seed_batch` would carry that
+        error into every later pass and replay, so each actor is asked afterwards (its calls
+        run in order) whether it is still loaded; one that is not is recovered and asked again.
+        """
         if not self.seeds:
             return []
-        return [actor.seed_batch.remote() for actor in self.actors]
+        refs = [actor.seed_batch.remote() for actor in self.actors]
+        for index in range(self.num_shards):
+            for attempt in range(MAX_RESTARTS + 2):
+                try:
+                    if ray.get(self.actors[index].is_loaded.remote(), timeout=RECOVERY_TIMEOUT_S):
+                        break
+                except (RayActorError, GetTimeoutError):
+                    pass
+                if attempt == MAX_RESTARTS + 1:
+                    raise RuntimeError(f"shard actor {index} was lost {attempt + 1} times while making its seed batch")
+                self._recover(index)
+                refs[index] = self.actors[index].seed_batch.remote()
+        return refs
 
     def put(self, batch: CenterBatch) -> Any:
         return ray.put(batch)
