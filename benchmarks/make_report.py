@@ -18,6 +18,8 @@ SECTIONS = [
      "flock /tmp/raysel-heavy.lock .venv/bin/python benchmarks/bench_methods_at_scale.py /tmp/byo-200k --budget 200 --methods typiclust probcover --name methods_200k"),
     ("methods_1m.md", "Every method at scale: 1.28M x 384 float16, budget 1000",
      "flock /tmp/raysel-heavy.lock .venv/bin/python benchmarks/bench_methods_at_scale.py /tmp/byo-1m --budget 1000 --name methods_1m"),
+    ("simulate_report_scale.md", "simulate and report at 1.28M (bounded driver memory)",
+     ".venv/bin/python benchmarks/bench_simulate_report_at_scale.py /tmp/byo-200k-384 /tmp/byo-1m --test-store /tmp/byo-test"),
     ("pretext.md", "PT4AL pretext training throughput", ".venv/bin/python benchmarks/bench_pretext.py"),
     ("cluster.md", "Local multi-node cluster vs embedded Ray", ".venv/bin/python benchmarks/bench_cluster.py"),
     ("gpu.md", "GPU figures", "see the file's own header"),
