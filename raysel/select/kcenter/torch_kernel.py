@@ -7,7 +7,9 @@ wherever it sits and whatever arrives with it, on a given device and library.
 
 Determinism and ties: on one device every pass is bit-reproducible (fixed shapes, no
 atomics: a max/min reduction over a block is exact), so equal vectors get equal
-distances and ties still go to the smallest uri. Across libraries (cuBLAS / MKL vs the
+distances and ties still go to the smallest uri. On a CPU device the products go through
+numpy's BLAS (see `_product`: MKL's GEMM breaks the "same bits wherever it sits" rule on some
+processors). Across libraries (cuBLAS / MKL vs the
 numpy path's BLAS) a distance may differ in its last bits (~1e-16 relative), so the
 picks equal the numpy path's except where two images' scores differ by less than
 about 1e-13 (the driver's in-pass simulation uses the numpy kernel). The torch path
@@ -50,6 +52,15 @@ class TorchMinDistance:
         self.min_distance = torch.full((self.count,), float("inf"), dtype=torch.float64, device=self.device)
         self.buffer = torch.zeros((ROW_BLOCK, points.shape[1]), dtype=torch.float64, device=self.device)
 
+    def _product(self, block):
+        """buffer @ block.T. On a CPU through numpy's BLAS, as the numpy path: torch's CPU GEMM
+        (MKL) gives a (vector, center) pair other bits by the center's column in the block on
+        some processors (seen on AMD EPYC: up to 8e-8 apart after the square root near zero), so
+        grouping the same centers otherwise changed min-distances."""
+        if self.device.type == "cpu":
+            return self.torch.from_numpy(self.buffer.numpy() @ block.numpy().T)
+        return self.buffer @ block.T
+
     def update(self, centers: np.ndarray, center_factors: np.ndarray, out: np.ndarray) -> None:
         """Fold `centers` [c, D] (factors [c]) into the min-distances; copy them to `out` [V] float64."""
         torch = self.torch
@@ -66,7 +77,7 @@ class TorchMinDistance:
                 factors = self.factors[start : start + count]
                 target = self.min_distance[start : start + count]
                 for block, block_factors, real in blocks:
-                    dots = self.buffer @ block.T  # [ROW_BLOCK, CENTER_BLOCK], one shape
+                    dots = self._product(block)  # [ROW_BLOCK, CENTER_BLOCK], one shape
                     if self.distance == "cosine":
                         nearest = 1.0 - factors * dots[:count, :real].amax(dim=1)
                     else:
