@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import os
-import time
 
 import numpy as np
 import pytest
 
+from actor_kills import kill_and_wait_for_restart
 from raysel.config import SelectConfig
 from raysel.select import BudgetError, InvalidVectorError, run_selection
 from raysel.select.methods import probcover, typiclust
@@ -205,22 +205,6 @@ def test_kernels_give_the_same_bits_on_any_number_of_threads(monkeypatch):
         assert np.array_equal(got_sums, sums) and np.array_equal(got_counts, counts)
         assert np.array_equal(ivf_lists.probe_lists(points, cells, threads), probes)
         assert typicality.top_of_clusters(wanted, ids, one, points, np.zeros(5000, bool), threads) == top
-
-
-def kill_and_wait_for_restart(ray_session, actor) -> None:
-    """Kill a shard actor (Ray restarts it) and return once the restarted, empty actor answers."""
-    from ray.exceptions import GetTimeoutError, RayActorError
-
-    ray_session.kill(actor, no_restart=False)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            if not ray_session.get(actor.is_loaded.remote(), timeout=10):
-                return
-        except (RayActorError, GetTimeoutError):
-            pass
-        time.sleep(0.2)
-    raise AssertionError("the killed shard actor did not come back within 60 s")
 
 
 @pytest.mark.ray

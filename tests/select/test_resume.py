@@ -10,6 +10,7 @@ import textwrap
 import pyarrow.parquet as pq
 import pytest
 
+from actor_kills import kill_and_wait_for_restart
 from raysel.config import SelectConfig
 from raysel.select import kcenter_greedy_reference, run_selection, select_reference
 from raysel.select.base import picks_of
@@ -128,8 +129,6 @@ def test_killed_shard_actor_is_restarted_and_replayed(ray_session, synth, make_s
 @pytest.mark.parametrize("labeled", [False, True])
 def test_shard_actor_lost_right_after_loading_is_reloaded_and_replayed(ray_session, synth, make_store, labeled):
     """Killed after its `load` finished, the actor comes back empty: the next call must reload it, not fail."""
-    import time
-
     from raysel.select.kcenter.shard_actor import RayShardGroup
     from raysel.select.pool.store_rows import plan_shards
 
@@ -144,16 +143,7 @@ def test_shard_actor_lost_right_after_loading_is_reloaded_and_replayed(ray_sessi
             return
         actor = group.actors[2]
         assert ray_session.get(actor.stats.remote(), timeout=60)["rows"] == 200  # queued behind load: load is done
-        ray_session.kill(actor, no_restart=False)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:  # until the restarted, empty actor answers
-            try:
-                if ray_session.get(actor.stats.remote(), timeout=10)["rows"] == 0:
-                    return
-            except (ray_session.exceptions.RayActorError, ray_session.exceptions.GetTimeoutError):
-                pass
-            time.sleep(0.2)
-        raise AssertionError("the killed shard actor did not come back within 60 s")
+        kill_and_wait_for_restart(ray_session, actor)
 
     group.after_submit = kill_after_load
     try:
@@ -165,8 +155,6 @@ def test_shard_actor_lost_right_after_loading_is_reloaded_and_replayed(ray_sessi
 
 
 def test_seed_batches_of_an_actor_lost_before_them_are_made_again(ray_session, synth, make_store):
-    import time
-
     from raysel.select.kcenter.shard_actor import RayShardGroup
     from raysel.select.pool.store_rows import plan_shards
 
@@ -175,17 +163,7 @@ def test_seed_batches_of_an_actor_lost_before_them_are_made_again(ray_session, s
     group = RayShardGroup(store, plan_shards(store, 2), "clusters", "cosine", "float32", seeds=uris[::40])
     try:
         group.start(0)
-        actor = group.actors[1]
-        ray_session.kill(actor, no_restart=False)
-        deadline = time.monotonic() + 60
-        while True:  # until the restarted, empty actor answers
-            try:
-                if not ray_session.get(actor.is_loaded.remote(), timeout=10):
-                    break
-            except (ray_session.exceptions.RayActorError, ray_session.exceptions.GetTimeoutError):
-                pass
-            assert time.monotonic() < deadline, "the killed shard actor did not come back within 60 s"
-            time.sleep(0.2)
+        kill_and_wait_for_restart(ray_session, group.actors[1])
         batches = ray_session.get(group.seed_batches(), timeout=60)  # not an error carried into every pass
         assert group.recoveries == 1 and len(batches) == 2
     finally:
