@@ -122,10 +122,11 @@ def store_coverage(
         hit = position.is_valid().to_numpy(zero_copy_only=False)
         if not hit.any():
             continue
-        vectors = _as_3d(vectors_of(table.column(column), VECTOR_NDIM[column]))
+        rows = position.to_numpy(zero_copy_only=False)[hit].astype(np.int64)
+        vectors = _as_3d(vectors_of(table.column(column).take(pa.array(rows)), VECTOR_NDIM[column]))  # only the picks' rows
         if picks is None:
             picks = np.empty((len(selection.uris),) + vectors.shape[1:], dtype=np.float32)
-        picks[hit] = vectors[position.to_numpy(zero_copy_only=False)[hit].astype(np.int64)]
+        picks[hit] = vectors
         found += int(hit.sum())
     if found < len(selection.uris):
         known = set()
@@ -141,8 +142,13 @@ def store_coverage(
     fraction = sample / store.num_rows() if sample else 1.0
     pool_size = 0
     for table in store.iter_tables(columns=[schema.URI, column]):
-        vectors = _as_3d(vectors_of(table.column(column), VECTOR_NDIM[column]))
-        vectors = vectors[in_sample(table.column(schema.URI).to_pylist(), fraction)]
+        values = table.column(column)
+        if fraction < 1.0:  # only the sampled rows become float32 vectors
+            keep = in_sample(table.column(schema.URI).to_pylist(), fraction)
+            if not keep.any():
+                continue
+            values = values.filter(pa.array(keep))
+        vectors = _as_3d(vectors_of(values, VECTOR_NDIM[column]))
         if vectors.shape[1:] != picks.shape[1:]:
             raise ReportInputError(f"the store's '{column}' vectors change shape between shards: {vectors.shape[1:]} vs {picks.shape[1:]}")
         np.maximum(radii, coverage_radii(vectors, prepared, distance, picks_prepared=True), out=radii)
