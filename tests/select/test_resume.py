@@ -135,7 +135,7 @@ def test_shard_actor_lost_right_after_loading_is_reloaded_and_replayed(ray_sessi
     uris = synth.uris(600, seed=4)
     vectors = synth.vectors(600, 3, 8, seed=4)
     store = FeatureStore(make_store(synth.table(uris, vectors), rows_per_shard=200))
-    seeds = uris[::53] if labeled else []  # labeled: the first call after load makes the seed batches
+    seeds = uris[::53] if labeled else []  # labeled: the seed batches come from the reloaded actor
     group = RayShardGroup(store, plan_shards(store, 3), "clusters", "cosine", "float32", seeds=seeds)
 
     def kill_after_load(method, group):

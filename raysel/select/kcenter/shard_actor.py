@@ -118,8 +118,8 @@ class ShardActor:
         return np.unique(merged[1:][merged[1:] == merged[:-1]])
 
     def uris_with_hashes(self, hashes: np.ndarray) -> list[str]:
-        wanted = np.isin(self._loaded().hashes, hashes)
-        return [self._loaded().uris[row] for row in np.flatnonzero(wanted)]
+        shard = self._loaded()
+        return [shard.uris[row] for row in np.flatnonzero(np.isin(shard.hashes, hashes))]
 
     def seed_batch(self) -> CenterBatch:
         return self._loaded().seed_batch()
@@ -128,12 +128,14 @@ class ShardActor:
         self._loaded().apply(batches, picked_rows)
 
     def propose(self, count: int, picked_rows: list[int], *batches: CenterBatch) -> Proposal:
-        self._loaded().apply(batches, picked_rows)
-        return self._loaded().propose(count)
+        shard = self._loaded()
+        shard.apply(batches, picked_rows)
+        return shard.propose(count)
 
     def draw(self, seed: int, index: int, picked_rows: list[int], *batches: CenterBatch) -> Draw | None:
-        self._loaded().apply(batches, picked_rows)
-        return self._loaded().draw(seed, index)
+        shard = self._loaded()
+        shard.apply(batches, picked_rows)
+        return shard.draw(seed, index)
 
     def stats(self) -> dict:
         shard = self.shard
@@ -284,8 +286,12 @@ class RayShardGroup(ShardGroup):
         self.threads = [max(1, cpus // per_node[node]) for node, cpus in placed]
         return self._call_all("load", self._load_args)
 
-    def _recover_lost(self) -> None:
-        """Recover every actor that is dead or came back empty."""
+    def _recover_lost(self) -> list[int]:
+        """Recover every actor that is dead or came back empty; returns their indices.
+
+        Each actor is asked after the calls already sent to it (an actor runs them in order).
+        """
+        lost = []
         for index, actor in enumerate(self.actors):
             try:
                 loaded = ray.get(actor.is_loaded.remote(), timeout=RECOVERY_TIMEOUT_S)
@@ -293,6 +299,8 @@ class RayShardGroup(ShardGroup):
                 loaded = False
             if not loaded:
                 self._recover(index)
+                lost.append(index)
+        return lost
 
     def duplicate_uris(self) -> list[str]:
         """Hash-partitioned check: actor p gathers every shard's hashes with hash % S == p.
@@ -331,24 +339,21 @@ class RayShardGroup(ShardGroup):
         """References to every shard's batch of labeled seeds (the driver never holds them).
 
         A reference whose actor was lost before or during `seed_batch` would carry that
-        error into every later pass and replay, so each actor is asked afterwards (its calls
-        run in order) whether it is still loaded; one that is not is recovered and asked again.
+        error into every later pass and replay, so the actors lost by then are recovered
+        and asked again.
         """
         if not self.seeds:
             return []
         refs = [actor.seed_batch.remote() for actor in self.actors]
-        for index in range(self.num_shards):
-            for attempt in range(MAX_RESTARTS + 2):
-                try:
-                    if ray.get(self.actors[index].is_loaded.remote(), timeout=RECOVERY_TIMEOUT_S):
-                        break
-                except (RayActorError, GetTimeoutError):
-                    pass
-                if attempt == MAX_RESTARTS + 1:
-                    raise RuntimeError(f"shard actor {index} was lost {attempt + 1} times while making its seed batch")
-                self._recover(index)
+        for attempt in range(MAX_RESTARTS + 2):
+            lost = self._recover_lost()
+            if not lost:
+                return refs
+            if attempt == MAX_RESTARTS + 1:
+                break
+            for index in lost:
                 refs[index] = self.actors[index].seed_batch.remote()
-        return refs
+        raise RuntimeError(f"shard actors {lost} were lost {MAX_RESTARTS + 2} times while making their seed batches")
 
     def put(self, batch: CenterBatch) -> Any:
         return ray.put(batch)

@@ -178,10 +178,11 @@ class RayPoolGroup(PoolGroup):
     `max_restarts`; the group logs every state-changing call per shard (`STATEFUL_CALLS`,
     the latest of `LABEL_CALLS`). When a call fails with `RayActorError` (the actor died
     during it) or `ShardNotLoadedError` (it died between calls and Ray restarted it empty
-    before this call reached it), every actor that came back empty reloads its rows and replays its log (the ball searches last, against
-    the other shards' exports fetched afresh: nothing after them changes a shard's vectors
-    or cells), then the failed calls are sent again. Every call is a pure function of the
-    shard's rows and the arguments, so the picks are those of a run without the death.
+    before this call reached it), every actor that came back empty reloads its rows and
+    replays its log (the ball searches last, against the other shards' exports fetched
+    afresh: nothing after them changes a shard's vectors or cells), then the failed calls
+    are sent again. Every call is a pure function of the shard's rows and the arguments,
+    so the picks are those of a run without the death.
     """
 
     def __init__(self, store: FeatureStore, plan: list[list[RowSlice]], max_restarts: int = MAX_RESTARTS) -> None:
